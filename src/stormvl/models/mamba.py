@@ -1,0 +1,123 @@
+"""Mamba-2 mixer on top of `ops.ssd`.
+
+Parameter names and layout match `transformers`' `Mamba2Mixer` (in_proj, conv1d, dt_bias, A_log,
+D, norm, out_proj), so weights move between the two and a test pins the outputs together. The
+STORM paper says "MambaMixer" without naming a version; Mamba-2 is used because its scan is
+matmul-bound and fast on CPU and GPU alike. A Mamba-1 mixer would live beside this one.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..ops.ssd import ssd_scan
+
+
+@dataclass
+class MambaState:
+    """What a stream carries from one clip to the next: the last (kernel - 1) conv inputs and the
+    SSM state."""
+    conv: torch.Tensor  # (b, conv_dim, kernel - 1)
+    ssm: torch.Tensor   # (b, heads, head_dim, state_size)
+
+
+class GatedRMSNorm(nn.Module):
+    """RMSNorm of y * silu(z), normalised per group of channels (Mamba-2's norm_before_gate=False)."""
+
+    def __init__(self, hidden_size: int, group_size: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.group_size = group_size
+        self.eps = eps
+
+    def forward(self, y, z):
+        dtype = y.dtype
+        h = y.float() * F.silu(z.float())
+        hg = h.unflatten(-1, (-1, self.group_size))
+        hg = hg * torch.rsqrt(hg.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * hg.flatten(-2).to(dtype)
+
+
+class Mamba2Mixer(nn.Module):
+    def __init__(self, d_model: int, *, state_size: int = 64, expand: int = 2, head_dim: int = 64,
+                 n_groups: int = 1, conv_kernel: int = 4, chunk_size: int = 64, eps: float = 1e-5,
+                 dt_min: float = 1e-3, dt_max: float = 0.1, dt_floor: float = 1e-4,
+                 scan_impl: str = "auto"):
+        super().__init__()
+        self.d_model = d_model
+        self.d_inner = expand * d_model
+        if self.d_inner % head_dim:
+            raise ValueError(f"expand*d_model ({self.d_inner}) must be a multiple of head_dim ({head_dim})")
+        self.head_dim = head_dim
+        self.num_heads = self.d_inner // head_dim
+        if self.num_heads % n_groups:
+            raise ValueError(f"mamba heads ({self.num_heads}) must be a multiple of n_groups ({n_groups})")
+        self.n_groups = n_groups
+        self.state_size = state_size
+        self.conv_kernel = conv_kernel
+        self.chunk_size = chunk_size
+        self.scan_impl = scan_impl
+        self.conv_dim = self.d_inner + 2 * n_groups * state_size
+        self.in_proj = nn.Linear(d_model, self.d_inner + self.conv_dim + self.num_heads, bias=False)
+        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, conv_kernel, groups=self.conv_dim,
+                                padding=conv_kernel - 1, bias=True)
+        self.dt_bias = nn.Parameter(torch.empty(self.num_heads))
+        self.A_log = nn.Parameter(torch.empty(self.num_heads))
+        self.D = nn.Parameter(torch.empty(self.num_heads))
+        self.norm = GatedRMSNorm(self.d_inner, self.d_inner // n_groups, eps)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
+        self._dt_range = (dt_min, dt_max, dt_floor)
+        self.reset_ssm_parameters()
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self):
+        # Mamba-2's initialisation: A = -[1..H], D = 1, dt log-uniform in [dt_min, dt_max].
+        dt_min, dt_max, dt_floor = self._dt_range
+        self.A_log.copy_(torch.log(torch.arange(1, self.num_heads + 1, dtype=torch.float32)))
+        self.D.fill_(1.0)
+        dt = torch.exp(torch.rand(self.num_heads) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=dt_floor)
+        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+
+    def init_state(self, batch: int, device=None, dtype=None) -> MambaState:
+        return MambaState(
+            conv=torch.zeros(batch, self.conv_dim, self.conv_kernel - 1, device=device, dtype=dtype),
+            ssm=torch.zeros(batch, self.num_heads, self.head_dim, self.state_size, device=device, dtype=dtype),
+        )
+
+    def forward(self, hidden_states: torch.Tensor, state: MambaState | None = None,
+                return_state: bool = False):
+        b, l, _ = hidden_states.shape
+        z, xBC, dt = self.in_proj(hidden_states).split([self.d_inner, self.conv_dim, self.num_heads], dim=-1)
+        xBC = xBC.transpose(1, 2)
+        if state is None:
+            conv_in = xBC
+            xBC = self.conv1d(xBC)[..., :l]
+        else:
+            conv_in = torch.cat([state.conv.to(xBC.dtype), xBC], dim=-1)
+            xBC = F.conv1d(conv_in, self.conv1d.weight, self.conv1d.bias, groups=self.conv_dim)
+        xBC = F.silu(xBC).transpose(1, 2)
+        x, B, C = xBC.split([self.d_inner, self.n_groups * self.state_size, self.n_groups * self.state_size], dim=-1)
+        # The scan runs in at least float32 (bf16 cumulative decays drift); float64 stays float64.
+        cd = torch.promote_types(hidden_states.dtype, torch.float32)
+        A = -torch.exp(self.A_log.to(cd))
+        y, ssm_state = ssd_scan(
+            x.reshape(b, l, self.num_heads, self.head_dim).to(cd), dt.to(cd), A,
+            B.reshape(b, l, self.n_groups, self.state_size).to(cd),
+            C.reshape(b, l, self.n_groups, self.state_size).to(cd),
+            self.D.to(cd), chunk_size=self.chunk_size, dt_bias=self.dt_bias.to(cd), dt_softplus=True,
+            initial_state=None if state is None else state.ssm.to(cd), return_final_state=True,
+            impl=self.scan_impl,
+        )
+        y = self.norm(y.reshape(b, l, self.d_inner), z.to(cd))
+        out = self.out_proj(y.to(hidden_states.dtype))
+        if not return_state:
+            return out
+        k = self.conv_kernel - 1
+        if conv_in.shape[-1] < k:
+            conv_in = F.pad(conv_in, (k - conv_in.shape[-1], 0))
+        return out, MambaState(conv=conv_in[..., conv_in.shape[-1] - k:].detach(), ssm=ssm_state.detach())

@@ -1,0 +1,154 @@
+"""StormForConditionalGeneration: vision tower -> pixel shuffle + projector -> temporal encoder ->
+token reduction -> causal LM. With `use_temporal_encoder=False` and an MLP projector it is the
+VILA baseline, so every comparison runs through this one code path."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
+
+from ..config import StormConfig
+from .temporal_encoder import TemporalEncoder
+from .token_reduction import reduce_tokens
+from .vision import Projector, pixel_shuffle
+
+
+class StormPreTrainedModel(PreTrainedModel):
+    config_class = StormConfig
+    base_model_prefix = "storm"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _no_split_modules = ["TemporalEncoderLayer"]
+
+    def _init_weights(self, module):
+        # The vision tower and LLM initialise themselves; STORM's own modules use PyTorch's
+        # defaults plus Mamba-2's SSM initialisation (done in their constructors).
+        pass
+
+
+class StormForConditionalGeneration(StormPreTrainedModel):
+    def __init__(self, config: StormConfig):
+        super().__init__(config)
+        self.vision_tower = AutoModel.from_config(config.vision_config)
+        d = config.text_config.hidden_size
+        self.projector = Projector(config.vision_config.hidden_size * config.downsample ** 2, d, config.projector_type)
+        self.temporal_encoder = None
+        if config.use_temporal_encoder:
+            self.temporal_encoder = TemporalEncoder(
+                d, config.temporal_layers, bidirectional=config.temporal_bidirectional,
+                merge=config.temporal_merge, state_size=config.mamba_state_size, expand=config.mamba_expand,
+                head_dim=config.mamba_head_dim, n_groups=config.mamba_n_groups,
+                conv_kernel=config.mamba_conv_kernel, chunk_size=config.mamba_chunk_size,
+            )
+            # Zero the residual branches' output so a fresh encoder starts as the identity: STORM
+            # begins exactly where the baseline is and learns the temporal mixing on top.
+            for layer in self.temporal_encoder.layers:
+                for mixer in (layer.forward_mixer, getattr(layer, "backward_mixer", None)):
+                    if mixer is not None:
+                        nn.init.zeros_(mixer.out_proj.weight)
+        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self.post_init()
+
+    # -- plumbing expected of a transformers model -------------------------------------------
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self):
+        return self.language_model.get_output_embeddings()
+
+    # -- vision side ---------------------------------------------------------------------------
+    def encode_frames(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(F, 3, S, S) -> (F, N, D) projected tokens, N = grid_h * grid_w after pixel shuffle."""
+        cfg = self.config
+        dtype = next(self.vision_tower.parameters()).dtype
+        outs = []
+        for chunk in pixel_values.split(cfg.vision_batch_size):
+            hidden = self.vision_tower(pixel_values=chunk.to(dtype)).last_hidden_state
+            outs.append(pixel_shuffle(hidden, cfg.patch_grid, cfg.downsample))
+        return self.projector(torch.cat(outs))
+
+    def encode_videos(self, pixel_values_videos, temporal_sample: int | None = None) -> list[torch.Tensor]:
+        """Videos as (B, T, 3, S, S) or a list of (T_i, 3, S, S) -> one (tokens_i, D) per video."""
+        cfg = self.config
+        s = cfg.temporal_sample if temporal_sample is None else temporal_sample
+        videos = list(pixel_values_videos) if not torch.is_tensor(pixel_values_videos) or pixel_values_videos.dim() == 5 \
+            else [pixel_values_videos]
+        lengths = [v.shape[0] for v in videos]
+        tokens = self.encode_frames(torch.cat(videos)).split(lengths)
+        out = []
+        # Videos of equal length share one temporal-encoder call.
+        by_len: dict[int, list[int]] = {}
+        for i, t in enumerate(lengths):
+            by_len.setdefault(t, []).append(i)
+        for t, idx in by_len.items():
+            x = torch.stack([tokens[i] for i in idx])  # (b, T, N, D)
+            if self.temporal_encoder is not None:
+                x = self.temporal_encoder(x)
+            x = reduce_tokens(x, grid=cfg.grid_size, temporal_pool_k=cfg.temporal_pool,
+                              spatial_pool_k=cfg.spatial_pool, temporal_sample_s=s)
+            for j, i in enumerate(idx):
+                out.append((i, x[j].reshape(-1, x.shape[-1])))
+        return [x for _, x in sorted(out, key=lambda p: p[0])]
+
+    def embed(self, input_ids, pixel_values_videos=None, temporal_sample=None):
+        vid = self.config.video_token_id
+        mask = input_ids == vid
+        emb = self.get_input_embeddings()(input_ids.masked_fill(mask, 0))
+        if pixel_values_videos is None:
+            if mask.any():
+                raise ValueError("the prompt has video tokens but no video was given")
+            return emb
+        feats = torch.cat(self.encode_videos(pixel_values_videos, temporal_sample))
+        n = int(mask.sum())
+        if n != feats.shape[0]:
+            raise ValueError(
+                f"the prompt has {n} video tokens but the video gives {feats.shape[0]}: build prompts "
+                "with the processor, using the same frame count and token reduction as the model"
+            )
+        return emb.masked_scatter(mask[..., None], feats.to(emb.dtype))
+
+    # -- LLM side ------------------------------------------------------------------------------
+    def forward(self, input_ids=None, pixel_values_videos=None, attention_mask=None, labels=None,
+                inputs_embeds=None, temporal_sample=None, **kwargs):
+        if inputs_embeds is None:
+            inputs_embeds = self.embed(input_ids, pixel_values_videos, temporal_sample)
+        return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **kwargs)
+
+    @torch.no_grad()
+    def generate(self, input_ids, pixel_values_videos=None, attention_mask=None, temporal_sample=None, **kwargs):
+        """Returns only the newly generated token ids (the prompt is passed as embeddings)."""
+        emb = self.embed(input_ids, pixel_values_videos, temporal_sample)
+        kwargs.setdefault("pad_token_id", self.config.text_config.pad_token_id or self.config.text_config.eos_token_id)
+        return self.language_model.generate(inputs_embeds=emb, attention_mask=attention_mask, **kwargs)
+
+    # -- building from separately trained parts -------------------------------------------------
+    @classmethod
+    def from_parts(cls, vision_path, llm_path, tokenizer=None, **storm_kwargs):
+        """A new STORM model from a local vision-tower folder (a SigLIP vision model, or a full
+        SigLIP model whose vision half is used) and a local causal-LM folder. Returns
+        (model, tokenizer) with the video token added to the tokenizer and embeddings."""
+        from transformers import AutoConfig, AutoTokenizer
+
+        vcfg = AutoConfig.from_pretrained(vision_path)
+        if hasattr(vcfg, "vision_config"):
+            from transformers import SiglipVisionModel
+
+            vision = SiglipVisionModel.from_pretrained(vision_path)
+        else:
+            vision = AutoModel.from_pretrained(vision_path)
+        lm = AutoModelForCausalLM.from_pretrained(llm_path)
+        tok = tokenizer or AutoTokenizer.from_pretrained(llm_path)
+        video_token = storm_kwargs.pop("video_token", "<video>")
+        tok.add_special_tokens({"additional_special_tokens": [video_token]})
+        if len(tok) > lm.get_input_embeddings().num_embeddings:
+            lm.resize_token_embeddings(len(tok))
+        config = StormConfig(vision_config=vision.config.to_dict(), text_config=lm.config.to_dict(),
+                             video_token=video_token, video_token_id=tok.convert_tokens_to_ids(video_token),
+                             **storm_kwargs)
+        model = cls(config)
+        model.vision_tower.load_state_dict(vision.state_dict())
+        model.language_model.load_state_dict(lm.state_dict())
+        return model, tok

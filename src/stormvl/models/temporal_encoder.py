@@ -1,0 +1,77 @@
+"""STORM's temporal encoder: L pre-norm residual Mamba layers, X = X + Mixer(LayerNorm(X)), over
+every token of the video in one sweep (left-to-right, top-to-bottom, frame-to-frame).
+
+Because the scan runs across frame boundaries, each output token carries the history of the
+tokens before it (and, bidirectionally, after it); that is what lets the reducer average or drop
+frames afterwards without losing the video's dynamics.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .mamba import Mamba2Mixer, MambaState
+
+
+class TemporalEncoderLayer(nn.Module):
+    def __init__(self, d_model: int, *, bidirectional: bool, merge: str, **mixer_kwargs):
+        super().__init__()
+        self.norm = nn.LayerNorm(d_model)
+        self.forward_mixer = Mamba2Mixer(d_model, **mixer_kwargs)
+        self.bidirectional = bidirectional
+        self.merge = merge
+        if bidirectional:
+            self.backward_mixer = Mamba2Mixer(d_model, **mixer_kwargs)
+            if merge == "concat":
+                self.merge_proj = nn.Linear(2 * d_model, d_model, bias=False)
+
+    def forward(self, x, state: MambaState | None = None, return_state: bool = False):
+        h = self.norm(x)
+        if not self.bidirectional:
+            out = self.forward_mixer(h, state=state, return_state=return_state)
+            if return_state:
+                out, state = out
+                return x + out, state
+            return x + out
+        fwd = self.forward_mixer(h)
+        bwd = self.backward_mixer(h.flip(1)).flip(1)
+        mixed = self.merge_proj(torch.cat([fwd, bwd], -1)) if self.merge == "concat" else fwd + bwd
+        return x + mixed
+
+
+class TemporalEncoder(nn.Module):
+    """Input and output (B, T, N, D): T frames of N = h*w tokens in row-major order."""
+
+    def __init__(self, d_model: int, num_layers: int = 2, *, bidirectional: bool = True, merge: str = "add",
+                 state_size: int = 64, expand: int = 2, head_dim: int = 64, n_groups: int = 1,
+                 conv_kernel: int = 4, chunk_size: int = 64, scan_impl: str = "auto"):
+        super().__init__()
+        if merge not in ("add", "concat"):
+            raise ValueError(f"temporal encoder merge must be 'add' or 'concat', got {merge!r}")
+        if num_layers < 1:
+            raise ValueError("temporal encoder needs at least one layer")
+        mixer = dict(state_size=state_size, expand=expand, head_dim=head_dim, n_groups=n_groups,
+                     conv_kernel=conv_kernel, chunk_size=chunk_size, scan_impl=scan_impl)
+        self.bidirectional = bidirectional
+        self.layers = nn.ModuleList(
+            TemporalEncoderLayer(d_model, bidirectional=bidirectional, merge=merge, **mixer) for _ in range(num_layers)
+        )
+
+    def forward(self, x: torch.Tensor, state: list[MambaState] | None = None, return_state: bool = False):
+        """`state`/`return_state` stream a uni-directional encoder: the state returned for one clip,
+        passed with the next, gives the same tokens as encoding both clips at once."""
+        if x.dim() != 4:
+            raise ValueError(f"temporal encoder expects (B, T, N, D), got {tuple(x.shape)}")
+        if (state is not None or return_state) and self.bidirectional:
+            raise ValueError("streaming state needs a uni-directional temporal encoder (bidirectional=False)")
+        b, t, n, d = x.shape
+        h = x.reshape(b, t * n, d)  # row-major flatten == the paper's sweep order
+        new_states = []
+        for i, layer in enumerate(self.layers):
+            if return_state or state is not None:
+                h, s = layer(h, state=None if state is None else state[i], return_state=True)
+                new_states.append(s)
+            else:
+                h = layer(h)
+        h = h.reshape(b, t, n, d)
+        return (h, new_states) if return_state else h

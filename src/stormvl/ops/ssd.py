@@ -1,0 +1,176 @@
+"""Mamba-2 selective state-space scan (SSD), per head h:
+
+    S_t = exp(dt_t * A_h) * S_{t-1} + dt_t * x_t B_t^T        S: (p, n)
+    y_t = S_t C_t + D_h * x_t
+
+Hand-written because it is the core STORM adds and the fused kernels (`mamba_ssm`) do not build
+on CPU or on many GPU setups; this module is the one place that knows the scan. Shapes follow
+`mamba_ssm`'s chunk scan so implementations can be swapped:
+
+    x (b, l, h, p), dt (b, l, h), A (h,), B (b, l, g, n), C (b, l, g, n), D (h,) -> y (b, l, h, p)
+
+with `g` groups of B/C shared by `h // g` consecutive heads, and an optional state (b, h, p, n)
+passed in and out so a stream can continue from where the last clip ended.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["ssd_scan", "ssd_scan_ref", "ssd_scan_chunked", "ssd_chunked_flops"]
+
+
+def _prepare_dt(dt, dt_bias, dt_softplus, dt_limit):
+    if dt_bias is not None:
+        dt = dt + dt_bias
+    if dt_softplus:
+        dt = F.softplus(dt)
+    if dt_limit is not None and (dt_limit[0] > 0.0 or dt_limit[1] != float("inf")):
+        dt = dt.clamp(min=dt_limit[0], max=dt_limit[1])
+    return dt
+
+
+def _check(x, dt, A, B, C):
+    if x.dim() != 4 or dt.dim() != 3 or B.dim() != 4 or C.dim() != 4 or A.dim() != 1:
+        raise ValueError("ssd_scan expects x (b,l,h,p), dt (b,l,h), A (h,), B/C (b,l,g,n)")
+    b, l, h, _ = x.shape
+    g = B.shape[2]
+    if dt.shape != (b, l, h) or A.shape[0] != h or B.shape[:2] != (b, l) or C.shape != B.shape:
+        raise ValueError(
+            f"ssd_scan shape mismatch: x {tuple(x.shape)}, dt {tuple(dt.shape)}, A {tuple(A.shape)}, "
+            f"B {tuple(B.shape)}, C {tuple(C.shape)}"
+        )
+    if h % g:
+        raise ValueError(f"ssd_scan: heads ({h}) must be a multiple of groups ({g})")
+
+
+def ssd_scan_ref(x, dt, A, B, C, D=None, *, initial_state=None, return_final_state=False,
+                 dt_bias=None, dt_softplus=False, dt_limit=None):
+    """Sequential reference: one step per position, exactly the recurrence above. Slow, obvious."""
+    _check(x, dt, A, B, C)
+    b, l, h, p = x.shape
+    g, n = B.shape[2], B.shape[3]
+    dt = _prepare_dt(dt, dt_bias, dt_softplus, dt_limit)
+    rep = h // g
+    Bh = B.repeat_interleave(rep, dim=2)  # (b, l, h, n)
+    Ch = C.repeat_interleave(rep, dim=2)
+    state = (initial_state.to(x.dtype) if initial_state is not None
+             else x.new_zeros(b, h, p, n))
+    ys = []
+    for t in range(l):
+        decay = torch.exp(dt[:, t] * A)  # (b, h)
+        state = decay[..., None, None] * state + (dt[:, t, :, None] * x[:, t])[..., None] * Bh[:, t, :, None, :]
+        y = (state @ Ch[:, t, :, :, None]).squeeze(-1)  # (b, h, p)
+        if D is not None:
+            y = y + D[:, None] * x[:, t]
+        ys.append(y)
+    y = torch.stack(ys, dim=1) if ys else x.new_zeros(b, 0, h, p)
+    return (y, state) if return_final_state else y
+
+
+def ssd_scan_chunked(x, dt, A, B, C, D=None, *, chunk_size=64, initial_state=None,
+                     return_final_state=False, dt_bias=None, dt_softplus=False, dt_limit=None):
+    """Chunked SSD: within a chunk the scan is a masked (Q x Q) matrix product; across chunks
+    only a (p x n) state per head is carried. Almost all work is batched matmuls."""
+    _check(x, dt, A, B, C)
+    b, l, h, p = x.shape
+    g, n = B.shape[2], B.shape[3]
+    r = h // g
+    dt = _prepare_dt(dt, dt_bias, dt_softplus, dt_limit)
+    Q = max(1, min(int(chunk_size), l)) if l > 0 else 1
+    pad = (-l) % Q
+    if pad:
+        # Zero-padded steps have dt = 0: decay 1 and no input, so the final state is unaffected.
+        x_p = F.pad(x, (0, 0, 0, 0, 0, pad))
+        dt_p = F.pad(dt, (0, 0, 0, pad))
+        B_p = F.pad(B, (0, 0, 0, 0, 0, pad))
+        C_p = F.pad(C, (0, 0, 0, 0, 0, pad))
+    else:
+        x_p, dt_p, B_p, C_p = x, dt, B, C
+    c = (l + pad) // Q
+
+    # Layout (b, c, g, r, Q, ...): chunk-major so the state pass below reads contiguous blocks,
+    # and heads sharing a B/C group broadcast without copies.
+    xs = x_p.reshape(b, c, Q, g, r, p).permute(0, 1, 3, 4, 2, 5)           # b c g r Q p
+    dts = dt_p.reshape(b, c, Q, g, r).permute(0, 1, 3, 4, 2)               # b c g r Q
+    Bs = B_p.reshape(b, c, Q, g, n).transpose(2, 3).unsqueeze(3)           # b c g 1 Q n
+    Cs = C_p.reshape(b, c, Q, g, n).transpose(2, 3).unsqueeze(3)           # b c g 1 Q n
+    acum = torch.cumsum(dts * A.reshape(g, r, 1), dim=-1)                   # b c g r Q  (<= 0)
+    xdt = xs * dts[..., None]
+
+    # 1) intra-chunk: y_i += sum_{j<=i} (C_i . B_j) exp(acum_i - acum_j) dt_j x_j
+    seg = acum[..., :, None] - acum[..., None, :]                           # b c g r Q Q
+    causal = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril()
+    scores = (Cs @ Bs.transpose(-1, -2)) * torch.exp(seg.masked_fill(~causal, float("-inf")))
+    y = scores @ xdt                                                        # b c g r Q p
+
+    # 2) each chunk's contribution to the state at its end: sum_j exp(acum_Q - acum_j) dt_j x_j B_j^T
+    decay_to_end = torch.exp(acum[..., -1:] - acum)                         # b c g r Q
+    # Heads of a group share B, so fold them into one (r*p, Q) @ (Q, n) product per chunk.
+    chunk_states = ((xdt * decay_to_end[..., None]).transpose(-1, -2).reshape(b, c, g, r * p, Q)
+                    @ Bs.squeeze(3)).reshape(b, c, g, r, p, n)              # b c g r p n
+
+    # 3) carry the state across chunks: c cheap steps on (p, n) states
+    chunk_decay = torch.exp(acum[..., -1])[..., None, None]                 # b c g r 1 1
+    if initial_state is not None:
+        state = initial_state.to(x.dtype).reshape(b, g, r, p, n)
+    else:
+        state = x.new_zeros(b, g, r, p, n)
+    starts = []
+    for k in range(c):
+        starts.append(state)
+        state = torch.addcmul(chunk_states[:, k], chunk_decay[:, k], state)
+    start_states = torch.stack(starts, dim=1)                               # b c g r p n
+
+    # 4) what each position reads from the state its chunk started with
+    from_state = Cs.squeeze(3) @ start_states.reshape(b, c, g, r * p, n).transpose(-1, -2)
+    y = y + from_state.reshape(b, c, g, Q, r, p).transpose(3, 4) * torch.exp(acum)[..., None]
+
+    y = y.permute(0, 1, 4, 2, 3, 5).reshape(b, c * Q, h, p)[:, :l]
+    if D is not None:
+        y = y + D[:, None] * x
+    if return_final_state:
+        return y, state.reshape(b, h, p, n)
+    return y
+
+
+def ssd_chunked_flops(b, l, h, p, n, g=1, chunk_size=64):
+    """Multiply-add FLOPs (x2) of the matmuls in `ssd_scan_chunked`, for throughput reports."""
+    Q = min(chunk_size, l)
+    c = -(-l // Q)
+    cb = 2 * b * g * c * Q * Q * n
+    intra = 2 * b * h * c * Q * Q * p
+    states = 2 * b * h * c * Q * p * n
+    out = 2 * b * h * c * Q * n * p
+    return cb + intra + states + out
+
+
+def _mamba_ssm_kernel():
+    try:  # optional fused CUDA kernel; the PyTorch paths above always work
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+        return mamba_chunk_scan_combined
+    except Exception:
+        return None
+
+
+def ssd_scan(x, dt, A, B, C, D=None, *, chunk_size=64, initial_state=None, return_final_state=False,
+             dt_bias=None, dt_softplus=False, dt_limit=None, impl="auto"):
+    """Dispatch: impl in {"auto", "chunked", "ref", "kernel"}. "auto" uses `mamba_ssm`'s kernel on
+    CUDA when installed, else the chunked PyTorch path."""
+    kw = dict(initial_state=initial_state, return_final_state=return_final_state,
+              dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit)
+    if impl == "ref":
+        return ssd_scan_ref(x, dt, A, B, C, D, **kw)
+    if impl in ("auto", "kernel") and x.is_cuda:
+        kernel = _mamba_ssm_kernel()
+        if kernel is not None:
+            return kernel(x, dt, A, B, C, chunk_size, D=D, dt_bias=dt_bias, dt_softplus=dt_softplus,
+                          initial_states=initial_state, return_final_states=return_final_state,
+                          dt_limit=dt_limit or (0.0, float("inf")))
+        if impl == "kernel":
+            raise RuntimeError("impl='kernel' needs the mamba_ssm package on a CUDA device")
+    elif impl == "kernel":
+        raise RuntimeError("impl='kernel' needs the mamba_ssm package on a CUDA device")
+    elif impl not in ("auto", "chunked"):
+        raise ValueError(f"unknown ssd_scan impl {impl!r}; use auto, chunked, ref or kernel")
+    return ssd_scan_chunked(x, dt, A, B, C, D, chunk_size=chunk_size, **kw)

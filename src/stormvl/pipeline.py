@@ -1,0 +1,75 @@
+"""The short path from a video file and a question to an answer."""
+from __future__ import annotations
+
+import os
+import re
+import string
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import StormConfig
+from .models.storm import StormForConditionalGeneration
+from .processing import StormProcessor
+from .video import VideoClip, load_video
+
+DEFAULT_MODEL = Path(__file__).parent / "default_model"
+
+
+@dataclass
+class Answer:
+    text: str
+    letter: str | None       # parsed option letter for multiple-choice questions
+    num_frames: int
+    visual_tokens: int
+    timestamps: list[float]
+
+
+def parse_letter(text: str, num_options: int = 4) -> str | None:
+    """The option letter in a free-form reply: "B", "(B)", "B.", "The answer is B", "b) cat"."""
+    letters = string.ascii_uppercase[:max(1, num_options)]
+    t = text.strip()
+    m = re.match(rf"^\(?([{letters}])(?:[\s\.\):,]|$)", t, flags=re.I) \
+        or re.search(rf"answer(?: is|:)?\s*\(?([{letters}])\b", t, flags=re.I) \
+        or re.search(rf"\b([{letters}])\b", t)
+    return m.group(1).upper() if m else None
+
+
+class StormPipeline:
+    def __init__(self, model: StormForConditionalGeneration, processor: StormProcessor):
+        self.model = model.eval()
+        self.processor = processor
+        self.config: StormConfig = model.config
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    def answer(self, video, question: str, options: list[str] | None = None, *, num_frames: int | None = None,
+               fps: float | None = None, temporal_sample: int | None = None, max_new_tokens: int = 32) -> Answer:
+        clip = video if isinstance(video, VideoClip) else load_video(
+            video, num_frames or self.config.num_frames, fps=fps, max_frames=num_frames or self.config.num_frames)
+        batch = self.processor([clip.frames], [self.processor.prompt_text(question, options)],
+                               temporal_sample=temporal_sample)
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        out = self.model.generate(**batch, temporal_sample=temporal_sample, max_new_tokens=max_new_tokens,
+                                  do_sample=False)
+        text = self.processor.decode(out[0])
+        return Answer(text=text, letter=parse_letter(text, len(options)) if options else None,
+                      num_frames=len(clip.frames),
+                      visual_tokens=self.config.tokens_per_video(len(clip.frames), temporal_sample),
+                      timestamps=[round(float(t), 3) for t in clip.timestamps])
+
+
+def load(path: str | os.PathLike | None = None, device: str | None = None, dtype=None) -> StormPipeline:
+    """Load a saved STORM model folder (the embedded default model when `path` is None)."""
+    path = Path(path) if path is not None else DEFAULT_MODEL
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path}: not a STORM model folder (no config.json)")
+    model = StormForConditionalGeneration.from_pretrained(path, dtype=dtype) if dtype else \
+        StormForConditionalGeneration.from_pretrained(path)
+    processor = StormProcessor.from_pretrained(path, model.config)
+    if device:
+        model.to(device)
+    return StormPipeline(model, processor)

@@ -1,0 +1,259 @@
+"""Video decoding and frame sampling with PyAV (its wheels ship FFmpeg; decord does not install
+everywhere).
+
+Sampling picks target frame indices first, then seeks to the keyframe before each target and
+decodes forward only as far as the target, so 32 frames out of a long video cost about 32 short
+GOP walks instead of a full decode. Frames that fail to decode are skipped with a warning; a video
+from which nothing decodes raises `VideoError`.
+"""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+__all__ = ["VideoError", "VideoClip", "VideoInfo", "probe", "sample_indices", "load_video", "write_video"]
+
+MAX_FRAMES = 4096
+
+
+class VideoError(ValueError):
+    """A video cannot be used; the message names the file and the problem."""
+
+
+@dataclass
+class VideoInfo:
+    path: str
+    num_frames: int
+    fps: float
+    duration: float
+    width: int
+    height: int
+
+
+@dataclass
+class VideoClip:
+    frames: np.ndarray        # (N, H, W, 3) uint8 RGB
+    timestamps: np.ndarray    # (N,) seconds from the start of the video
+    indices: np.ndarray       # (N,) frame indices in the video
+    info: VideoInfo
+
+
+def _open(path):
+    import av
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise VideoError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise VideoError(f"{path}: is a directory, not a video file")
+    if os.path.getsize(path) == 0:
+        raise VideoError(f"{path}: empty file (0 bytes)")
+    try:
+        container = av.open(path)
+    except av.error.FFmpegError as e:
+        raise VideoError(f"{path}: not a readable video (corrupt, truncated or not a video: {e.strerror or e})") from None
+    except Exception as e:  # PyAV raises a few plain errors for garbage input
+        raise VideoError(f"{path}: not a readable video ({e})") from None
+    if not container.streams.video:
+        kinds = sorted({s.type for s in container.streams})
+        container.close()
+        what = "audio-only file" if "audio" in kinds else f"no video stream (streams: {kinds or 'none'})"
+        raise VideoError(f"{path}: {what}")
+    return path, container
+
+
+def _info(path, container) -> VideoInfo:
+    stream = container.streams.video[0]
+    fps = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
+    duration = None
+    if stream.duration is not None and stream.time_base is not None:
+        duration = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
+        duration = container.duration / 1_000_000
+    n = stream.frames or (round(duration * fps) if duration else 0)
+    if duration is None:
+        duration = n / fps if n else 0.0
+    return VideoInfo(path, int(n), fps, float(duration), stream.codec_context.width, stream.codec_context.height)
+
+
+def probe(path) -> VideoInfo:
+    path, container = _open(path)
+    with container:
+        info = _info(path, container)
+    if info.num_frames <= 0:
+        raise VideoError(f"{path}: the video stream has no frames")
+    return info
+
+
+def sample_indices(num_frames_in_video: int, num_samples: int) -> np.ndarray:
+    """`num_samples` indices spread evenly from the first frame to the last, both included.
+    Asking for more frames than the video has repeats frames, so the model still sees the
+    frame count it was configured for."""
+    if num_samples == 1:
+        return np.array([(num_frames_in_video - 1) // 2])
+    return np.round(np.linspace(0, num_frames_in_video - 1, num_samples)).astype(np.int64)
+
+
+def _check_count(path, name, value, low=1, high=MAX_FRAMES):
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or not low <= value <= high:
+        raise VideoError(f"{path}: {name} must be an integer in [{low}, {high}], got {value!r}")
+
+
+def load_video(path, num_frames: int | None = 32, *, fps: float | None = None,
+               max_frames: int = MAX_FRAMES, seek: bool = True) -> VideoClip:
+    """Sample frames: `num_frames` uniformly over the whole video, or, with `fps`, one frame every
+    1/fps seconds capped at `max_frames` (uniform over the video when the cap binds)."""
+    path, container = _open(path)
+    try:
+        info = _info(path, container)
+        _check_count(path, "max_frames", max_frames)
+        if fps is not None:
+            if not (isinstance(fps, (int, float)) and fps > 0 and math.isfinite(fps)):
+                raise VideoError(f"{path}: fps must be a positive number, got {fps!r}")
+            want = max(1, math.floor(info.duration * fps))
+            if want <= max_frames and info.num_frames > 0:
+                times = np.arange(want) / fps
+                idx = np.minimum(np.round(times * info.fps).astype(np.int64), info.num_frames - 1)
+            else:
+                idx = None
+                num_frames = max_frames
+        else:
+            _check_count(path, "num_frames", num_frames)
+            idx = None
+        if info.num_frames <= 0:
+            # Containers without a frame count: decode once to count, then sample.
+            frames = _decode_all(path, container)
+            if not frames:
+                raise VideoError(f"{path}: no decodable video frames")
+            info.num_frames = len(frames)
+            idx = sample_indices(len(frames), num_frames) if idx is None else idx
+            chosen = {i: frames[i] for i in set(idx.tolist())}
+        else:
+            idx = sample_indices(info.num_frames, num_frames) if idx is None else idx
+            chosen = _decode_indices(path, container, info, sorted(set(idx.tolist())), seek)
+    finally:
+        container.close()
+    if not chosen:
+        raise VideoError(f"{path}: no decodable video frames")
+    # A frame that could not be decoded is replaced by its nearest decoded neighbour.
+    keys = np.array(sorted(chosen))
+    out_idx = np.array([keys[np.abs(keys - i).argmin()] for i in idx], dtype=np.int64)
+    frames = np.stack([chosen[i] for i in out_idx])
+    return VideoClip(frames=frames, timestamps=out_idx / info.fps, indices=out_idx, info=info)
+
+
+def _decode_all(path, container):
+    import av
+
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    out = []
+    try:
+        for frame in container.decode(stream):
+            out.append(frame.to_ndarray(format="rgb24"))
+    except av.error.FFmpegError as e:
+        if out:
+            warnings.warn(f"{path}: stream ends early after {len(out)} frames ({e})")
+    return out
+
+
+def _frame_index(frame, stream, fps, start):
+    if frame.pts is None:
+        return None
+    return int(round(float((frame.pts - start) * stream.time_base) * fps))
+
+
+def _decode_indices(path, container, info, targets, seek):
+    """Decode exactly the frames in `targets` (sorted), seeking forward over long gaps."""
+    import av
+
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    start = stream.start_time or 0
+    chosen: dict[int, np.ndarray] = {}
+    # Seek only across gaps longer than a couple of seconds: below that, decoding on is cheaper
+    # than jumping back to the previous keyframe.
+    gap = max(2, int(2 * info.fps))
+    pos = -1          # index of the last decoded frame
+    last = None       # (index, frame) of the last decoded frame
+    errors = 0
+    t = 0
+    while t < len(targets):
+        target = targets[t]
+        if seek and target - pos > gap:
+            ts = start + int(Fraction(target, 1) / Fraction(info.fps).limit_denominator(100000) / stream.time_base)
+            try:
+                container.seek(max(ts, start), stream=stream, backward=True, any_frame=False)
+            except av.error.FFmpegError:
+                pass
+        progressed = False
+        try:
+            for frame in container.decode(stream):
+                i = _frame_index(frame, stream, info.fps, start)
+                if i is None:
+                    i = pos + 1
+                pos = i
+                last = (i, frame)
+                while t < len(targets) and targets[t] <= i:
+                    chosen[targets[t]] = frame.to_ndarray(format="rgb24")
+                    t += 1
+                    progressed = True
+                if t >= len(targets) or (seek and targets[t] - pos > gap):
+                    break
+            else:
+                # End of stream before the remaining targets (frame count overestimated):
+                # they get the last frame.
+                if last is not None:
+                    arr = last[1].to_ndarray(format="rgb24")
+                    for tt in targets[t:]:
+                        chosen[tt] = arr
+                t = len(targets)
+        except av.error.FFmpegError as e:
+            errors += 1
+            warnings.warn(f"{path}: skipped undecodable data near frame {target} ({e})")
+            if not progressed:
+                t += 1  # give up on this target; its neighbours stand in
+            if errors > 16:
+                break
+    return chosen
+
+
+def write_video(path, frames, fps: float = 8, *, crf: int = 18, gop: int | None = None) -> str:
+    """Write RGB uint8 frames (N, H, W, 3), or an iterable of them, as an H.264 mp4. The file
+    appears only when complete (written beside it, then renamed)."""
+    import av
+
+    path = os.fspath(path)
+    tmp = f"{path}.part{os.getpid()}.mp4"
+    frames = iter(frames)
+    first = next(frames)
+    h, w = first.shape[:2]
+    try:
+        with av.open(tmp, mode="w") as out:
+            stream = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
+            stream.width, stream.height = w, h
+            stream.pix_fmt = "yuv420p"
+            opts = {"crf": str(crf), "preset": "veryfast"}
+            if gop:
+                opts["g"] = str(gop)
+            stream.options = opts
+            for arr in _chain(first, frames):
+                for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")):
+                    out.mux(packet)
+            for packet in stream.encode():
+                out.mux(packet)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
