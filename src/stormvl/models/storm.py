@@ -29,6 +29,10 @@ class StormPreTrainedModel(PreTrainedModel):
 class StormForConditionalGeneration(StormPreTrainedModel):
     def __init__(self, config: StormConfig):
         super().__init__(config)
+        # Only patch tokens are used; SigLIP's pooling head would be dead weight (and unused
+        # parameters break DDP).
+        if getattr(config.vision_config, "vision_use_head", False):
+            config.vision_config.vision_use_head = False
         self.vision_tower = AutoModel.from_config(config.vision_config)
         d = config.text_config.hidden_size
         self.projector = Projector(config.vision_config.hidden_size * config.downsample ** 2, d, config.projector_type)
@@ -149,6 +153,7 @@ class StormForConditionalGeneration(StormPreTrainedModel):
                              video_token=video_token, video_token_id=tok.convert_tokens_to_ids(video_token),
                              **storm_kwargs)
         model = cls(config)
-        model.vision_tower.load_state_dict(vision.state_dict())
+        vision_state = {k: v for k, v in vision.state_dict().items() if "head" not in k.split(".")}
+        model.vision_tower.load_state_dict(vision_state)
         model.language_model.load_state_dict(lm.state_dict())
         return model, tok

@@ -1,0 +1,95 @@
+"""Training samples from annotation files: multiple-choice records (the synthetic and benchmark
+type) or LLaVA-style conversations `{"video": path, "conversations": [{"from": "human", ...},
+{"from": "gpt", ...}]}`. Each sample becomes (frames, prompt, answer)."""
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from ..video import VideoError, load_video
+from .records import MCRecord
+
+
+@dataclass
+class Sample:
+    video: str          # resolved path
+    question: str
+    options: list[str] | None
+    answer: str         # what the model should say
+
+
+def _read_any(path: Path) -> list[dict]:
+    text = path.read_text()
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    data = json.loads(text)
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list of records")
+    return data
+
+
+def read_training_samples(files, video_root=None) -> list[Sample]:
+    samples = []
+    for f in files:
+        f = Path(f)
+        if not f.is_file():
+            raise FileNotFoundError(f"{f}: no such annotation file")
+        root = Path(video_root) if video_root else f.parent
+        for i, row in enumerate(_read_any(f)):
+            video = row.get("video")
+            if not video:
+                raise ValueError(f"{f}: record {i} has no 'video' field")
+            path = str(video if Path(video).is_absolute() else root / video)
+            if "conversations" in row:
+                conv = row["conversations"]
+                human = next((c["value"] for c in conv if c.get("from") in ("human", "user")), None)
+                gpt = next((c["value"] for c in conv if c.get("from") in ("gpt", "assistant")), None)
+                if human is None or gpt is None:
+                    raise ValueError(f"{f}: record {i} needs a human and a gpt turn")
+                question = human.replace("<video>", "").replace("<image>", "").strip()
+                samples.append(Sample(path, question, None, gpt.strip()))
+            elif "question" in row and "options" in row and "answer" in row:
+                r = MCRecord.from_json(row)
+                samples.append(Sample(path, r.question, r.options, r.answer))
+            else:
+                raise ValueError(f"{f}: record {i} is neither a conversation nor a multiple-choice record "
+                                 "(needs 'conversations', or 'question'+'options'+'answer')")
+    if not samples:
+        raise ValueError(f"no training samples in {list(map(str, files))}")
+    return samples
+
+
+class VideoQADataset(Dataset):
+    """Decodes each video once per frame count and keeps the frames (small training sets; for
+    large ones set `cache=False`). Undecodable videos are dropped with a warning."""
+
+    def __init__(self, samples: list[Sample], num_frames: int, cache: bool = True):
+        self.samples = samples
+        self.num_frames = num_frames
+        self.cache = {} if cache else None
+
+    def __len__(self):
+        return len(self.samples)
+
+    def frames(self, i) -> np.ndarray:
+        key = (i, self.num_frames)
+        if self.cache is not None and key in self.cache:
+            return self.cache[key]
+        f = load_video(self.samples[i].video, self.num_frames).frames
+        if self.cache is not None:
+            self.cache[key] = f
+        return f
+
+    def __getitem__(self, i):
+        s = self.samples[i]
+        try:
+            frames = self.frames(i)
+        except VideoError as e:
+            warnings.warn(f"skipping training sample {i}: {e}")
+            return None
+        return frames, s.question, s.options, s.answer

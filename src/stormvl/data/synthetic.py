@@ -1,0 +1,199 @@
+"""Procedural videos with exact ground truth and questions that need time to answer.
+
+Each sample is a few coloured shapes on a dark background, rendered frame by frame, written as a
+real H.264 mp4, with a 4-option question of one of five types:
+  direction  which way one shape moves (left/right/up/down)
+  order      which of two shapes appears first
+  count      how many times a shape flashes (1-4)
+  state      a shape's colour at the start or at the end (it changes colour once)
+  recall     which shape was shown at the very beginning (then hidden behind later distractors)
+Everything is drawn from `random.Random(seed)`, so a split is reproducible from its seed.
+"""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+
+from .records import MCRecord, write_jsonl
+
+COLORS = {
+    "red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 240), "yellow": (240, 220, 40),
+    "white": (240, 240, 240), "magenta": (220, 60, 220), "cyan": (50, 220, 230), "orange": (250, 140, 20),
+}
+SHAPES = ["square", "circle", "triangle", "cross"]
+DIRECTIONS = ["left", "right", "up", "down"]
+COUNTS = ["one", "two", "three", "four"]
+TASKS = ["direction", "order", "count", "state", "recall"]
+SIZE = 64
+BG = (16, 16, 24)
+FPS = 8
+
+
+def _mask(shape: str, r: int) -> np.ndarray:
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    if shape == "square":
+        return np.ones_like(yy, dtype=bool)
+    if shape == "circle":
+        return xx ** 2 + yy ** 2 <= r * r
+    if shape == "triangle":
+        return (yy >= -r) & (np.abs(xx) <= (yy + r) / 2)
+    if shape == "cross":
+        w = max(1, r // 3)
+        return (np.abs(xx) <= w) | (np.abs(yy) <= w)
+    raise ValueError(shape)
+
+
+def draw(frame: np.ndarray, shape: str, color: str, cx: float, cy: float, r: int = 6) -> None:
+    m = _mask(shape, r)
+    x0, y0 = int(round(cx)) - r, int(round(cy)) - r
+    h, w = frame.shape[:2]
+    ys, xs = slice(max(0, y0), min(h, y0 + 2 * r + 1)), slice(max(0, x0), min(w, x0 + 2 * r + 1))
+    mm = m[ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0]
+    frame[ys, xs][mm] = COLORS[color]
+
+
+def _blank(n):
+    f = np.empty((n, SIZE, SIZE, 3), np.uint8)
+    f[:] = BG
+    return f
+
+
+def _options(rng, correct, pool):
+    opts = [correct] + rng.sample([p for p in pool if p != correct], 3)
+    rng.shuffle(opts)
+    return opts, "ABCD"[opts.index(correct)]
+
+
+def make_sample(rng: random.Random, task: str, n: int):
+    """Returns (frames (n, 64, 64, 3) uint8, question, options, answer letter, ground truth dict)."""
+    f = _blank(n)
+    colors = list(COLORS)
+    if task == "direction":
+        shape, color = rng.choice(SHAPES), rng.choice(colors)
+        d = rng.choice(DIRECTIONS)
+        a, b = rng.uniform(10, 18), rng.uniform(46, 54)
+        fixed = rng.uniform(14, 50)
+        for t in range(n):
+            p = a + (b - a) * t / max(1, n - 1)
+            pos = {"right": (p, fixed), "left": (SIZE - p, fixed), "down": (fixed, p), "up": (fixed, SIZE - p)}[d]
+            draw(f[t], shape, color, *pos)
+        q = f"Which direction does the {color} {shape} move?"
+        opts, ans = _options(rng, d, DIRECTIONS)
+        truth = {"direction": d}
+    elif task == "order":
+        (s1, c1), (s2, c2) = rng.sample([(s, c) for s in SHAPES for c in colors], 2)
+        while s1 == s2 or c1 == c2:
+            (s1, c1), (s2, c2) = rng.sample([(s, c) for s in SHAPES for c in colors], 2)
+        half = n // 2
+        t1 = rng.randrange(0, max(1, half - 2))
+        t2 = rng.randrange(half, max(half + 1, n - 2))
+        p1, p2 = (rng.uniform(12, 52), rng.uniform(12, 52)), (rng.uniform(12, 52), rng.uniform(12, 52))
+        for t in range(t1, min(n, t1 + max(2, n // 8))):
+            draw(f[t], s1, c1, *p1)
+        for t in range(t2, min(n, t2 + max(2, n // 8))):
+            draw(f[t], s2, c2, *p2)
+        q = "Which shape appears first?"
+        first, second = f"{c1} {s1}", f"{c2} {s2}"
+        distract = set()
+        while len(distract) < 2:
+            c = f"{rng.choice(colors)} {rng.choice(SHAPES)}"
+            if c not in (first, second):
+                distract.add(c)
+        opts = [first, second, *sorted(distract)]
+        rng.shuffle(opts)
+        ans = "ABCD"[opts.index(first)]
+        truth = {"first": first, "second": second, "t1": t1, "t2": t2}
+    elif task == "count":
+        shape, color = rng.choice(SHAPES), rng.choice(colors)
+        k = rng.randint(1, 4)
+        # k flashes of 2 frames each, separated by at least 2 dark frames, spread over the clip.
+        slots = list(range(0, n - 1, 4))
+        starts = sorted(rng.sample(slots, k))
+        pos = (rng.uniform(14, 50), rng.uniform(14, 50))
+        for s in starts:
+            for t in (s, s + 1):
+                draw(f[t], shape, color, *pos)
+        q = f"How many times does the {color} {shape} flash?"
+        opts, ans = _options(rng, COUNTS[k - 1], COUNTS)
+        truth = {"count": k, "starts": starts}
+    elif task == "state":
+        shape = rng.choice(SHAPES)
+        c_start, c_end = rng.sample(colors, 2)
+        change = rng.randrange(n // 3, 2 * n // 3)
+        pos = (rng.uniform(14, 50), rng.uniform(14, 50))
+        for t in range(n):
+            draw(f[t], shape, c_start if t < change else c_end, *pos)
+        when = rng.choice(["start", "end"])
+        q = f"What color is the {shape} at the {when} of the video?"
+        correct = c_start if when == "start" else c_end
+        distract = [c for c in colors if c not in (c_start, c_end)]
+        opts = [correct, c_end if when == "start" else c_start, *rng.sample(distract, 2)]
+        rng.shuffle(opts)
+        ans = "ABCD"[opts.index(correct)]
+        truth = {"start": c_start, "end": c_end, "change": change}
+    elif task == "recall":
+        shapes = rng.sample(SHAPES, 4)
+        color = rng.choice(colors)
+        first = shapes[0]
+        shown = max(2, n // 8)
+        pos = (rng.uniform(14, 50), rng.uniform(14, 50))
+        for t in range(shown):
+            draw(f[t], first, color, *pos)
+        # Later distractors: the other shapes in turn, each for a stretch, until the end.
+        seg = max(1, (n - shown - 1) // 3)
+        for j, s in enumerate(shapes[1:]):
+            p = (rng.uniform(14, 50), rng.uniform(14, 50))
+            for t in range(shown + 1 + j * seg, min(n, shown + 1 + (j + 1) * seg + (n if j == 2 else 0))):
+                draw(f[t], s, rng.choice(colors) if t == 0 else color, *p)
+        q = "Which shape was shown at the beginning of the video?"
+        opts, ans = _options(rng, first, SHAPES)
+        truth = {"first": first}
+    else:
+        raise ValueError(f"unknown synthetic task {task!r}; choose from {TASKS}")
+    return f, q, opts, ans, truth
+
+
+def vocabulary() -> list[str]:
+    """Every word a synthetic question or option can use (for word-level tokenizers)."""
+    from ..processing import MC_INSTRUCTION
+
+    words = set(COLORS) | set(SHAPES) | set(DIRECTIONS) | set(COUNTS) | set("ABCDE")
+    texts = [
+        "Which direction does the move ?", "Which shape appears first ?", "How many times does the flash ?",
+        "What color is the at the start end of the video ?", "Which shape was shown at the beginning of the video ?",
+        MC_INSTRUCTION, "user : assistant : . , ( ) answer is",
+    ]
+    return sorted(words), texts
+
+
+def generate_split(out_dir, num: int, frames: int = 16, seed: int = 0, tasks=TASKS, write_videos: bool = True,
+                   progress: bool = False) -> list[MCRecord]:
+    """Write `num` samples (videos/*.mp4 plus annotations.jsonl) into `out_dir`; tasks cycle so
+    every type gets an equal share. Existing complete videos are kept (reruns resume)."""
+    from ..video import write_video
+
+    if frames < 8:
+        raise ValueError(f"synthetic videos need at least 8 frames, got {frames}")
+    out = Path(out_dir)
+    (out / "videos").mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    records = []
+    it = range(num)
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, desc="synth", unit="video")
+    for i in it:
+        task = tasks[i % len(tasks)]
+        f, q, opts, ans, truth = make_sample(rng, task, frames)
+        vid = f"s{seed}_{i:06d}"
+        path = out / "videos" / f"{vid}.mp4"
+        if write_videos and not path.exists():
+            write_video(path, f, fps=FPS)
+        records.append(MCRecord(id=vid, video=f"videos/{vid}.mp4", question=q, options=opts, answer=ans,
+                                task_type=task, duration=frames / FPS, extra={"truth": truth, "seed": seed}))
+    write_jsonl(out / "annotations.jsonl", records)
+    return records

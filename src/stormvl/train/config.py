@@ -1,0 +1,126 @@
+"""Typed training configuration, read from YAML or JSON. Unknown keys are errors, not ignored."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class DataConfig:
+    train: list[str] = field(default_factory=list)   # annotation files: MC records or LLaVA conversations (.json/.jsonl)
+    video_root: str | None = None                    # default: each annotation file's folder
+    num_frames: int = 16
+    # Fraction of multiple-choice samples shown open-ended (question only, answer = option text):
+    # direct supervision of what was seen, which a small LM learns far faster than letter picking.
+    open_ended_ratio: float = 0.0
+
+
+@dataclass
+class ModelConfig:
+    init: str = "tiny"              # "tiny" (new small model), "pretrained" (a STORM folder), "parts"
+    path: str | None = None         # STORM folder for init=pretrained
+    vision_path: str | None = None  # for init=parts
+    llm_path: str | None = None     # for init=parts
+    tiny: dict = field(default_factory=dict)    # kwargs of stormvl.tiny.tiny_config
+    storm: dict = field(default_factory=dict)   # StormConfig overrides (pooling, encoder on/off, ...)
+
+
+@dataclass
+class StageConfig:
+    name: str = "sft"
+    train: str = "all"              # "projector": projector + temporal encoder only (alignment); "all"
+    steps: int = 100
+    lr: float = 1e-3
+    num_frames: int | None = None   # default: data.num_frames
+    temporal_pool: int | None = None  # switch pooling on for this stage (e.g. the long-video stage)
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/storm"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    stages: list[StageConfig] = field(default_factory=lambda: [StageConfig()])
+    batch_size: int = 8             # per process
+    weight_decay: float = 0.0
+    warmup_steps: int = 20
+    grad_clip: float = 1.0
+    seed: int = 0
+    save_every: int = 100
+    log_every: int = 10
+    strategy: str = "ddp"           # "ddp" or "fsdp" when more than one process runs
+    dtype: str = "float32"          # "float32" or "bfloat16" (autocast)
+
+    def validate(self):
+        if not self.data.train:
+            raise ConfigError("data.train: name at least one annotation file")
+        if self.model.init not in ("tiny", "pretrained", "parts"):
+            raise ConfigError(f"model.init must be tiny, pretrained or parts, not {self.model.init!r}")
+        if self.model.init == "pretrained" and not self.model.path:
+            raise ConfigError("model.path is required with init: pretrained")
+        if self.model.init == "parts" and not (self.model.vision_path and self.model.llm_path):
+            raise ConfigError("model.vision_path and model.llm_path are required with init: parts")
+        if self.strategy not in ("ddp", "fsdp"):
+            raise ConfigError(f"strategy must be ddp or fsdp, not {self.strategy!r}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"dtype must be float32 or bfloat16, not {self.dtype!r}")
+        if not self.stages:
+            raise ConfigError("stages: give at least one stage")
+        for s in self.stages:
+            if s.train not in ("projector", "all"):
+                raise ConfigError(f"stage {s.name}: train must be 'projector' or 'all', not {s.train!r}")
+            if s.steps < 1 or s.lr <= 0:
+                raise ConfigError(f"stage {s.name}: steps must be >= 1 and lr > 0")
+        if not 0.0 <= self.data.open_ended_ratio <= 1.0:
+            raise ConfigError("data.open_ended_ratio must be in [0, 1]")
+        if self.batch_size < 1 or self.data.num_frames < 1:
+            raise ConfigError("batch_size and data.num_frames must be >= 1")
+        return self
+
+
+def _build(cls, data, where):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}")
+    kw = {}
+    for k, v in data.items():
+        sub = {"data": DataConfig, "model": ModelConfig}.get(k) if cls is TrainConfig else None
+        if sub is not None:
+            v = _build(sub, v, f"{where}.{k}")
+        elif cls is TrainConfig and k == "stages":
+            if not isinstance(v, list):
+                raise ConfigError(f"{where}.stages: expected a list")
+            v = [_build(StageConfig, s, f"{where}.stages[{i}]") for i, s in enumerate(v)]
+        elif cls is DataConfig and k == "train" and isinstance(v, str):
+            v = [v]
+        kw[k] = v
+    return cls(**kw)
+
+
+def load_train_config(path) -> TrainConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    text = path.read_text()
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as e:
+        raise ConfigError(f"{path}: cannot parse ({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
+    cfg = _build(TrainConfig, data or {}, str(path))
+    # Relative data paths are relative to the config file.
+    cfg.data.train = [str((path.parent / p).resolve()) if not Path(p).is_absolute() else p for p in cfg.data.train]
+    return cfg.validate()

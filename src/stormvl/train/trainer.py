@@ -1,0 +1,287 @@
+"""STORM training: staged (alignment -> SFT -> optional long-video), one process or many under
+torchrun (DDP; FSDP selectable for GPUs), atomic checkpoints and exact resume.
+
+The sample order is a pure function of (seed, stage, step), so a resumed run reads exactly the
+batches the interrupted one would have, with no data-loader state to save.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ..data.dataset import VideoQADataset, read_training_samples
+from ..models.storm import StormForConditionalGeneration
+from ..processing import StormProcessor
+from .config import TrainConfig
+
+CKPT_DIR = "checkpoints"
+STATE_FILE = "trainer_state.pt"
+
+
+def _dist_info():
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    return world, rank, local
+
+
+def build_model(cfg: TrainConfig, samples):
+    m = cfg.model
+    if m.init == "tiny":
+        from ..data.synthetic import vocabulary
+        from ..tiny import build_word_tokenizer, tiny_config
+
+        words, texts = vocabulary()
+        texts = texts + [s.question for s in samples] + [o for s in samples for o in (s.options or [])] \
+            + [s.answer for s in samples]
+        tok = build_word_tokenizer(texts, words)
+        config = tiny_config(tok, **m.tiny, num_frames=cfg.data.num_frames, **m.storm)
+        model = StormForConditionalGeneration(config)
+        return model, StormProcessor(tok, config)
+    if m.init == "pretrained":
+        model = StormForConditionalGeneration.from_pretrained(m.path)
+        for k, v in m.storm.items():
+            setattr(model.config, k, v)
+        model.config.validate()
+        return model, StormProcessor.from_pretrained(m.path, model.config)
+    model, tok = StormForConditionalGeneration.from_parts(m.vision_path, m.llm_path, num_frames=cfg.data.num_frames,
+                                                          **m.storm)
+    return model, StormProcessor(tok, model.config)
+
+
+def latest_checkpoint(output_dir) -> Path | None:
+    d = Path(output_dir) / CKPT_DIR
+    done = sorted(p for p in d.glob("step_*") if (p / STATE_FILE).is_file() and not p.name.endswith(".tmp"))
+    return done[-1] if done else None
+
+
+def set_trainable(model: StormForConditionalGeneration, what: str):
+    """'projector': the alignment stage, vision tower and LLM frozen; 'all': everything trains."""
+    for p in model.parameters():
+        p.requires_grad_(what == "all")
+    if what == "projector":
+        for mod in (model.projector, model.temporal_encoder):
+            if mod is not None:
+                for p in mod.parameters():
+                    p.requires_grad_(True)
+
+
+def lr_lambda(warmup: int, total: int):
+    def f(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return f
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, progress: bool = True):
+        self.cfg = cfg
+        self.world, self.rank, self.local_rank = _dist_info()
+        self.device = torch.device(f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu")
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        self.progress = progress and self.rank == 0
+        self.out = Path(cfg.output_dir)
+        self.samples = read_training_samples(cfg.data.train, cfg.data.video_root)
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        self.resume_from = latest_checkpoint(self.out)
+        if self.resume_from is not None:
+            self.model = StormForConditionalGeneration.from_pretrained(self.resume_from)
+            self.processor = StormProcessor.from_pretrained(self.resume_from, self.model.config)
+        else:
+            self.model, self.processor = build_model(cfg, self.samples)
+        self.model.to(self.device)
+        self.datasets: dict[int, VideoQADataset] = {}
+
+    # -- data ----------------------------------------------------------------------------------
+    def dataset(self, frames: int) -> VideoQADataset:
+        if frames not in self.datasets:
+            self.datasets[frames] = VideoQADataset(self.samples, frames)
+        return self.datasets[frames]
+
+    def batch_indices(self, stage_idx: int, step: int) -> list[tuple[int, bool]]:
+        """This rank's (sample index, open-ended?) pairs for one step: a fresh permutation per pass
+        over the data."""
+        n, b = len(self.samples), self.cfg.batch_size
+        per_step = b * self.world
+        start = step * per_step + self.rank * b
+        out = []
+        for pos in range(start, start + b):
+            epoch, k = divmod(pos, n)
+            perm = np.random.default_rng([self.cfg.seed, stage_idx, epoch]).permutation(n)
+            open_ended = np.random.default_rng([self.cfg.seed, stage_idx, pos, 1]).random() < self.cfg.data.open_ended_ratio
+            out.append((int(perm[k]), bool(open_ended)))
+        return out
+
+    def collate(self, ds, picks):
+        items = []
+        for i, open_ended in picks:
+            it = ds[i]
+            if it is None:
+                continue
+            frames, q, opts, ans = it
+            if open_ended and opts:
+                opts, ans = None, opts["ABCDEFGH".index(ans)]
+            items.append((frames, q, opts, ans))
+        if not items:
+            return None
+        frames, questions, options, answers = zip(*items)
+        prompts = [self.processor.prompt_text(q, o) for q, o in zip(questions, options)]
+        return self.processor(list(frames), prompts, answers=list(answers))
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def _unwrapped(self, model):
+        return model.module if hasattr(model, "module") else model
+
+    def _full_state(self, wrapped):
+        if self.world > 1 and self.cfg.strategy == "fsdp":
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            return get_model_state_dict(wrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return None
+
+    def save(self, wrapped, optimizer, scheduler, stage_idx, stage_step, global_step, final=False):
+        full = self._full_state(wrapped)
+        if self.rank == 0:
+            name = "final" if final else f"{CKPT_DIR}/step_{global_step:08d}"
+            target = self.out / name
+            tmp = target.with_name(target.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            model = self._unwrapped(wrapped)
+            model.save_pretrained(tmp, state_dict=full)
+            self.processor.save_pretrained(tmp)
+            if not final:
+                torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                            "stage": stage_idx, "stage_step": stage_step, "global_step": global_step,
+                            "torch_rng": torch.get_rng_state()}, tmp / STATE_FILE)
+            old = target.with_name(target.name + ".old")
+            if target.exists():
+                target.rename(old)
+            tmp.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+            if not final:  # keep the two newest checkpoints
+                ckpts = sorted((self.out / CKPT_DIR).glob("step_????????"))
+                for p in ckpts[:-2]:
+                    shutil.rmtree(p, ignore_errors=True)
+        if self.world > 1:
+            dist.barrier()
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self, stop_after: int | None = None) -> Path | None:
+        """Train all stages; `stop_after` global steps simulates an interruption (for tests)."""
+        cfg = self.cfg
+        state = None
+        if self.resume_from is not None:
+            state = torch.load(self.resume_from / STATE_FILE, weights_only=False)
+            if self.rank == 0:
+                print(f"resuming from {self.resume_from} (step {state['global_step']})", flush=True)
+        self.out.mkdir(parents=True, exist_ok=True)
+        global_step = state["global_step"] if state else 0
+        log = open(self.out / "log.jsonl", "a") if self.rank == 0 else None
+        wrapped = self.model
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if cfg.dtype == "bfloat16" else nullcontext()
+        for si, stage in enumerate(cfg.stages):
+            if state and si < state["stage"]:
+                continue
+            start_step = state["stage_step"] if state and si == state["stage"] else 0
+            if start_step >= stage.steps:
+                continue
+            model = self._unwrapped(self.model)
+            set_trainable(model, stage.train)
+            if stage.temporal_pool is not None:
+                model.config.temporal_pool = stage.temporal_pool
+            frames = stage.num_frames or cfg.data.num_frames
+            model.config.num_frames = frames
+            wrapped = self._wrap(model)
+            params = [p for p in wrapped.parameters() if p.requires_grad]
+            opt = torch.optim.AdamW(params, lr=stage.lr, weight_decay=cfg.weight_decay)
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(min(cfg.warmup_steps, stage.steps // 2), stage.steps))
+            if state and si == state["stage"]:
+                opt.load_state_dict(state["optimizer"])
+                sched.load_state_dict(state["scheduler"])
+                torch.set_rng_state(state["torch_rng"])
+            ds = self.dataset(frames)
+            bar = None
+            if self.progress:
+                from tqdm import tqdm
+
+                bar = tqdm(total=stage.steps, initial=start_step, desc=f"stage {si + 1}/{len(cfg.stages)} {stage.name}",
+                           unit="step", dynamic_ncols=True)
+            wrapped.train()
+            t0 = time.time()
+            for step in range(start_step, stage.steps):
+                batch = self.collate(ds, self.batch_indices(si, step))
+                if batch is None:
+                    continue
+                batch = {k: (v.to(self.device) if torch.is_tensor(v) else [x.to(self.device) for x in v])
+                         for k, v in batch.items()}
+                with autocast:
+                    loss = wrapped(**batch).loss
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                opt.step()
+                sched.step()
+                global_step += 1
+                lv = loss.detach()
+                if self.world > 1:
+                    dist.all_reduce(lv)
+                    lv /= self.world
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{lv.item():.4f}", lr=f"{sched.get_last_lr()[0]:.2e}")
+                if log and (step % cfg.log_every == 0 or step == stage.steps - 1):
+                    log.write(json.dumps({"stage": stage.name, "step": step, "global_step": global_step,
+                                          "loss": round(lv.item(), 6), "lr": sched.get_last_lr()[0],
+                                          "elapsed_s": round(time.time() - t0, 2)}) + "\n")
+                    log.flush()
+                last = step == stage.steps - 1
+                if global_step % cfg.save_every == 0 or last or (stop_after and global_step >= stop_after):
+                    self.save(wrapped, opt, sched, si, step + 1, global_step)
+                if stop_after and global_step >= stop_after:
+                    if bar is not None:
+                        bar.close()
+                    return None
+            if bar is not None:
+                bar.close()
+            state = None
+        self.save(wrapped, None, None, len(cfg.stages), 0, global_step, final=True)
+        if log:
+            log.close()
+        return self.out / "final"
+
+    def _wrap(self, model):
+        if self.world == 1:
+            return model
+        if self.cfg.strategy == "fsdp":
+            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+            return FSDP(model, use_orig_params=True,
+                        device_id=self.device if self.device.type == "cuda" else None)
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        return DDP(model, device_ids=[self.local_rank] if self.device.type == "cuda" else None)
+
+
+def train(cfg: TrainConfig, progress: bool = True, stop_after: int | None = None):
+    trainer = Trainer(cfg, progress=progress)
+    try:
+        return trainer.run(stop_after=stop_after)
+    finally:
+        if trainer.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,30 @@
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from stormvl.data.synthetic import vocabulary
+    from stormvl.tiny import build_word_tokenizer
+
+    words, texts = vocabulary()
+    return build_word_tokenizer(texts + ["what happens ?"], words)
+
+
+@pytest.fixture(scope="session")
+def counter_video(tmp_path_factory):
+    """40 frames at 10 fps whose red channel encodes the frame index (index * 6), GOP 8 so
+    sampling has to seek."""
+    from stormvl.video import write_video
+
+    n = 40
+    frames = np.zeros((n, 48, 64, 3), np.uint8)
+    for i in range(n):
+        frames[i, ..., 0] = i * 6
+        frames[i, ..., 2] = 128
+    path = tmp_path_factory.mktemp("video") / "counter.mp4"
+    write_video(path, frames, fps=10, gop=8)
+    return path, n

@@ -1,0 +1,131 @@
+import numpy as np
+import pytest
+import torch
+
+from stormvl import StormConfig, StormForConditionalGeneration, StormProcessor
+from stormvl.tiny import tiny_config
+
+FRAMES = np.random.default_rng(0).integers(0, 255, (8, 40, 40, 3), dtype=np.uint8)
+
+
+def _model(tok, llm="qwen2", **kw):
+    torch.manual_seed(0)
+    cfg = tiny_config(tok, llm, **kw)
+    return StormForConditionalGeneration(cfg).eval(), StormProcessor(tok, cfg)
+
+
+@pytest.mark.parametrize("llm", ["qwen2", "llama"])
+def test_generate_returns_text(tiny_tokenizer, llm):
+    model, proc = _model(tiny_tokenizer, llm, temporal_pool=2)
+    batch = proc([FRAMES], [proc.prompt_text("what happens ?")])
+    out = model.generate(**batch, max_new_tokens=4, do_sample=False)
+    assert out.shape == (1, 4)
+    assert isinstance(proc.decode(out[0]), str) and proc.decode(out[0])
+
+
+@pytest.mark.parametrize("kt,ks,s", [(1, 1, 1), (4, 1, 1), (2, 2, 1), (4, 1, 2)])
+def test_placeholder_expands_to_reduced_token_count(tiny_tokenizer, kt, ks, s):
+    model, proc = _model(tiny_tokenizer, temporal_pool=kt, spatial_pool=ks)
+    batch = proc([FRAMES], [proc.prompt_text("what happens ?")], temporal_sample=s)
+    n_video = int((batch["input_ids"] == model.config.video_token_id).sum())
+    grid = model.config.grid_size  # 32 px / patch 4 = 8x8 patches -> 4x4 after pixel shuffle
+    assert grid == (4, 4)
+    assert n_video == -(-(-(-8 // kt)) // s) * (16 // ks // ks) == model.config.tokens_per_video(8, s)
+    feats = model.encode_videos(batch["pixel_values_videos"], temporal_sample=s)
+    assert feats[0].shape == (n_video, model.config.text_config.hidden_size)
+    with torch.no_grad():
+        model(**batch, temporal_sample=s)  # shapes line up end to end
+
+
+def test_mismatched_prompt_is_an_error(tiny_tokenizer):
+    model, proc = _model(tiny_tokenizer, temporal_pool=2)
+    batch = proc([FRAMES], [proc.prompt_text("what happens ?")])  # built for s=1
+    with pytest.raises(ValueError, match="video tokens"):
+        model(**batch, temporal_sample=2)
+
+
+def test_loss_only_on_answer_tokens_and_gradients(tiny_tokenizer):
+    model, proc = _model(tiny_tokenizer, temporal_pool=2)
+    model.train()
+    batch = proc([FRAMES, FRAMES[::-1].copy()], [proc.prompt_text("what happens ?")] * 2, answers=["red", "blue square"])
+    lab = batch["labels"]
+    assert (lab != -100).sum(1).tolist() == [2, 3]  # answer words + end of sequence
+    assert (lab[batch["input_ids"] == model.config.video_token_id] == -100).all()
+    out = model(**batch)
+    # Same value as a loss computed by hand from the logits.
+    logits = out.logits[:, :-1].float()
+    ref = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), lab[:, 1:].reshape(-1), ignore_index=-100)
+    assert torch.allclose(out.loss, ref, atol=1e-5)
+    out.loss.backward()
+    for name in ("projector", "temporal_encoder", "vision_tower", "language_model"):
+        grads = [p.grad for p in getattr(model, name).parameters() if p.grad is not None]
+        assert grads and sum(g.abs().sum() for g in grads) > 0, name
+
+
+def test_baseline_is_same_class_without_encoder(tiny_tokenizer):
+    model, proc = _model(tiny_tokenizer, use_temporal_encoder=False, projector_type="mlp")
+    assert model.temporal_encoder is None
+    batch = proc([FRAMES], [proc.prompt_text("what happens ?")])
+    assert model.generate(**batch, max_new_tokens=2).shape == (1, 2)
+
+
+def test_fresh_encoder_is_identity(tiny_tokenizer):
+    a, _ = _model(tiny_tokenizer)
+    x = torch.randn(1, 3, 16, a.config.text_config.hidden_size)
+    assert torch.equal(a.temporal_encoder(x), x)
+
+
+def test_save_load_round_trip(tiny_tokenizer, tmp_path):
+    model, proc = _model(tiny_tokenizer, temporal_pool=2)
+    with torch.no_grad():  # make the encoder non-trivial first
+        for p in model.temporal_encoder.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    model.save_pretrained(tmp_path)
+    proc.save_pretrained(tmp_path)
+    loaded = StormForConditionalGeneration.from_pretrained(tmp_path).eval()
+    proc2 = StormProcessor.from_pretrained(tmp_path)
+    assert loaded.config.temporal_pool == 2 and loaded.config.video_token_id == model.config.video_token_id
+    b1 = proc([FRAMES], [proc.prompt_text("what happens ?")])
+    b2 = proc2([FRAMES], [proc2.prompt_text("what happens ?")])
+    assert torch.equal(b1["input_ids"], b2["input_ids"])
+    with torch.no_grad():
+        assert torch.equal(model(**b1).logits, loaded(**b2).logits)
+    assert torch.equal(model.generate(**b1, max_new_tokens=5), loaded.generate(**b2, max_new_tokens=5))
+
+
+def test_from_parts_loads_local_backbones(tiny_tokenizer, tmp_path):
+    from transformers import AutoModelForCausalLM, SiglipVisionConfig, SiglipVisionModel
+
+    cfg = tiny_config(tiny_tokenizer, "llama")
+    vision = SiglipVisionModel(SiglipVisionConfig(**{k: v for k, v in cfg.vision_config.to_dict().items()
+                                                     if k in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                                              "num_attention_heads", "image_size", "patch_size")}))
+    vision.save_pretrained(tmp_path / "vision")
+    lm = AutoModelForCausalLM.from_config(cfg.text_config)
+    lm.save_pretrained(tmp_path / "llm")
+    tiny_tokenizer.save_pretrained(tmp_path / "llm")
+    model, tok = StormForConditionalGeneration.from_parts(tmp_path / "vision", tmp_path / "llm", temporal_pool=4)
+    sd = vision.state_dict()
+    assert all(torch.equal(v, model.vision_tower.state_dict()[k]) for k, v in sd.items() if "head" not in k.split("."))
+    assert torch.equal(model.language_model.get_input_embeddings().weight, lm.get_input_embeddings().weight)
+    assert model.config.temporal_pool == 4 and model.config.video_token_id == tok.convert_tokens_to_ids("<video>")
+
+
+def test_bad_config_is_rejected(tiny_tokenizer):
+    with pytest.raises(ValueError, match="projector_type"):
+        tiny_config(tiny_tokenizer, projector_type="transformer")
+    with pytest.raises(ValueError, match="temporal_pool"):
+        tiny_config(tiny_tokenizer, temporal_pool=0)
+    with pytest.raises(ValueError, match="spatial_pool"):
+        tiny_config(tiny_tokenizer, spatial_pool=3)
+
+
+def test_pixel_shuffle_layout():
+    from stormvl.models.vision import pixel_shuffle
+
+    t = torch.arange(16.0).view(1, 16, 1)  # 4x4 grid, value = row*4+col
+    y = pixel_shuffle(t, 4, 2)
+    assert y.shape == (1, 4, 4)
+    assert y[0, 0].tolist() == [0, 1, 4, 5] and y[0, 3].tolist() == [10, 11, 14, 15]
+    odd = pixel_shuffle(torch.ones(1, 9, 1), 3, 2)  # 3x3 padded to 4x4
+    assert odd.shape == (1, 4, 4) and odd[0, 3].tolist() == [1, 0, 0, 0]
