@@ -1,0 +1,66 @@
+"""Time the chunked SSD scan against the sequential reference and transformers' Mamba2 pure-PyTorch
+chunk scan, and report the chunked path's GFLOP/s beside a plain matmul measured in the same run.
+
+    python benchmarks/ssd_scan.py [--lengths 4096 16384] [--repeats 5]
+"""
+import argparse
+import statistics
+import time
+
+import torch
+
+from stormvl.ops.ssd import ssd_chunked_flops, ssd_scan_chunked, ssd_scan_ref
+
+
+def timeit(fn, repeats):
+    fn()  # warm-up
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lengths", type=int, nargs="+", default=[4096, 16384])
+    ap.add_argument("--heads", type=int, default=8)
+    ap.add_argument("--head-dim", type=int, default=64)
+    ap.add_argument("--state", type=int, default=64)
+    ap.add_argument("--chunk", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--ref-max-length", type=int, default=16384, help="skip the slow reference above this")
+    a = ap.parse_args()
+    try:
+        import transformers.utils.logging as tl
+        from transformers.models.mamba2.modeling_mamba2 import mamba2_chunk_scan
+        tl.set_verbosity_error()
+    except ImportError:
+        mamba2_chunk_scan = None
+    torch.manual_seed(0)
+    n = 1024
+    m1, m2 = torch.randn(n, n), torch.randn(n, n)
+    mm = 2 * n ** 3 / timeit(lambda: m1 @ m2, 10) / 1e9
+    print(f"threads={torch.get_num_threads()}  float32 matmul {n}x{n}: {mm:.1f} GFLOP/s")
+    print(f"| length | chunked (ms) | reference (ms) | transformers (ms) | ref/chunked | hf/chunked | chunked GFLOP/s | % of matmul |")
+    print("|---|---|---|---|---|---|---|---|")
+    h, p, s = a.heads, a.head_dim, a.state
+    with torch.no_grad():
+        for L in a.lengths:
+            x = torch.randn(1, L, h, p)
+            dt = torch.rand(1, L, h) * 0.1
+            A = -torch.rand(h) * 4
+            B, C = torch.randn(1, L, 1, s), torch.randn(1, L, 1, s)
+            D = torch.randn(h)
+            t_c = timeit(lambda: ssd_scan_chunked(x, dt, A, B, C, D, chunk_size=a.chunk), a.repeats)
+            t_r = timeit(lambda: ssd_scan_ref(x, dt, A, B, C, D), 1) if L <= a.ref_max_length else float("nan")
+            t_h = timeit(lambda: mamba2_chunk_scan(x, dt, A, B, C, chunk_size=a.chunk, D=D), a.repeats) \
+                if mamba2_chunk_scan else float("nan")
+            gf = ssd_chunked_flops(1, L, h, p, s, 1, a.chunk) / t_c / 1e9
+            print(f"| {L} | {t_c * 1e3:.1f} | {t_r * 1e3:.1f} | {t_h * 1e3:.1f} | {t_r / t_c:.1f}x | {t_h / t_c:.2f}x "
+                  f"| {gf:.1f} | {100 * gf / mm:.0f}% |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

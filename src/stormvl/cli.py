@@ -1,0 +1,177 @@
+"""`stormvl` command: answer, synth, train, eval.
+
+Every user-facing failure (bad video, bad config, missing file) ends as one line on stderr and
+exit status 2; tracebacks are for bugs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+
+
+class UsageError(Exception):
+    pass
+
+
+def _quiet_transformers():
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _load_pipeline(path):
+    from .pipeline import DEFAULT_MODEL, load
+
+    if path is not None and not os.path.isdir(path):
+        raise UsageError(f"{path}: model folder not found")
+    return load(path or DEFAULT_MODEL)
+
+
+def cmd_answer(a):
+    from .video import probe
+
+    _quiet_transformers()
+    info = probe(a.video)  # fail fast, before loading the model
+    pipe = _load_pipeline(a.model)
+    frames = a.frames or pipe.config.num_frames
+    if a.temporal_sample is not None and a.temporal_sample < 1:
+        raise UsageError(f"--temporal-sample must be >= 1, got {a.temporal_sample}")
+    options = a.options or None
+    if not a.json:
+        print(f"{a.video}: {info.duration:.1f} s, {info.num_frames} frames; sampling {frames} -> "
+              f"{pipe.config.tokens_per_video(frames, a.temporal_sample)} visual tokens", file=sys.stderr)
+    ans = pipe.answer(a.video, a.question, options, num_frames=frames, temporal_sample=a.temporal_sample)
+    if a.json:
+        print(json.dumps({"video": a.video, "question": a.question, "options": options, "answer": ans.text,
+                          "letter": ans.letter, "num_frames": ans.num_frames, "visual_tokens": ans.visual_tokens,
+                          "timestamps": ans.timestamps}))
+    else:
+        print(ans.text)
+
+
+def cmd_synth(a):
+    from .data.synthetic import TASKS, generate_split
+
+    tasks = a.tasks.split(",") if a.tasks else TASKS
+    bad = [t for t in tasks if t not in TASKS]
+    if bad:
+        raise UsageError(f"unknown task type(s) {bad}; choose from {TASKS}")
+    if a.num < 1:
+        raise UsageError("--num must be >= 1")
+    recs = generate_split(a.out, a.num, a.frames, a.seed, tasks=tasks, progress=True)
+    print(f"wrote {len(recs)} samples to {a.out}/annotations.jsonl", file=sys.stderr)
+
+
+def cmd_train(a):
+    from .train.config import load_train_config
+    from .train.trainer import train
+
+    _quiet_transformers()
+    cfg = load_train_config(a.config)
+    if a.output_dir:
+        cfg.output_dir = a.output_dir
+    final = train(cfg)
+    if final is not None and int(os.environ.get("RANK", "0")) == 0:
+        print(f"model written to {final}", file=sys.stderr)
+
+
+def cmd_eval(a):
+    import torch.distributed as dist
+
+    from .evaluation.benchmarks import read_benchmark
+    from .evaluation.runner import evaluate, format_summary, merge
+
+    _quiet_transformers()
+    records = read_benchmark(a.benchmark, a.annotations)
+    if a.limit:
+        records = records[: a.limit]
+    video_root = a.videos or os.path.dirname(os.path.abspath(a.annotations))
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo")
+    pipe = _load_pipeline(a.model)
+    frames = a.frames or pipe.config.num_frames
+    evaluate(pipe, records, a.out, video_root=video_root, num_frames=frames, temporal_sample=a.temporal_sample,
+             rank=rank, world=world, progress=not a.no_progress)
+    if world > 1:
+        dist.barrier()
+    if rank == 0:
+        c = pipe.config
+        settings = {"benchmark": a.benchmark, "annotations": os.path.abspath(a.annotations),
+                    "model": os.path.abspath(a.model) if a.model else "embedded-default", "num_frames": frames,
+                    "temporal_sample": a.temporal_sample or c.temporal_sample, "temporal_pool": c.temporal_pool,
+                    "spatial_pool": c.spatial_pool, "use_temporal_encoder": c.use_temporal_encoder,
+                    "visual_tokens": c.tokens_per_video(frames, a.temporal_sample), "processes": world}
+        summary = merge(a.out, records, settings)
+        print(format_summary(summary))
+        print(f"summary: {os.path.join(a.out, 'summary.json')}", file=sys.stderr)
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="stormvl", description="STORM long-video question answering")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("answer", help="answer a question about a video")
+    s.add_argument("video")
+    s.add_argument("question")
+    s.add_argument("--options", nargs="+", help="multiple-choice options (letters are added)")
+    s.add_argument("--model", help="STORM model folder (default: the embedded model)")
+    s.add_argument("--frames", type=int, help="frames to sample (default: the model's)")
+    s.add_argument("--temporal-sample", type=int, help="test-time temporal sampling stride")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(fn=cmd_answer)
+
+    s = sub.add_parser("synth", help="write a synthetic temporal video-QA split")
+    s.add_argument("--out", required=True)
+    s.add_argument("--num", type=int, default=500)
+    s.add_argument("--frames", type=int, default=16)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--tasks", help="comma-separated subset of task types")
+    s.set_defaults(fn=cmd_synth)
+
+    s = sub.add_parser("train", help="train STORM from a YAML/JSON config")
+    s.add_argument("config")
+    s.add_argument("--output-dir")
+    s.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("eval", help="evaluate on a multiple-choice benchmark")
+    s.add_argument("--benchmark", required=True, help="synthetic, mlvu, longvideobench, videomme, mvbench")
+    s.add_argument("--annotations", required=True)
+    s.add_argument("--videos", help="video folder (default: the annotation file's folder)")
+    s.add_argument("--model")
+    s.add_argument("--frames", type=int)
+    s.add_argument("--temporal-sample", type=int)
+    s.add_argument("--limit", type=int, help="first N questions only")
+    s.add_argument("--out", required=True)
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(fn=cmd_eval)
+    return p
+
+
+def main(argv=None):
+    from .train.config import ConfigError
+    from .video import VideoError
+
+    args = build_parser().parse_args(argv)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    try:
+        args.fn(args)
+    except (VideoError, ConfigError, UsageError, FileNotFoundError, ValueError) as e:
+        msg = str(e).splitlines()[0] if str(e) else e.__class__.__name__
+        print(f"stormvl: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("stormvl: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

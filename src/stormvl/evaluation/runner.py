@@ -1,0 +1,140 @@
+"""Multiple-choice evaluation: prompts in the benchmarks' usual style, robust letter parsing,
+predictions appended as JSONL while the run goes (a rerun skips what is done), data-parallel
+shards merged into one summary with per-task and overall accuracy.
+
+Videos for the next samples decode in a background thread while the model answers the current
+one (PyAV releases the GIL while decoding).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from ..data.records import MCRecord
+from ..video import VideoError, load_video
+
+PRED_SHARD = "predictions.rank{rank}.jsonl"
+
+
+def _done_ids(out: Path) -> set[str]:
+    done = set()
+    for p in out.glob("predictions.rank*.jsonl"):
+        with open(p) as f:
+            for line in f:
+                try:
+                    done.add(json.loads(line)["id"])
+                except (json.JSONDecodeError, KeyError):
+                    pass  # a line cut off by an interruption: that sample runs again
+    return done
+
+
+def resolve_video(rec: MCRecord, video_root) -> str:
+    p = Path(rec.video)
+    return str(p if p.is_absolute() or video_root is None else Path(video_root) / p)
+
+
+def evaluate(pipeline, records: list[MCRecord], out_dir, *, video_root=None, num_frames=None,
+             temporal_sample=None, rank=0, world=1, progress=True, prefetch=2) -> dict | None:
+    """Answer this rank's share of `records`; rank 0 merges all shards once every rank is done
+    (the caller synchronises ranks) and returns the summary."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    done = _done_ids(out)
+    mine = [r for i, r in enumerate(records) if i % world == rank and r.id not in done]
+    frames = num_frames or pipeline.config.num_frames
+    bar = None
+    if progress and rank == 0:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(records) // world + (rank < len(records) % world), initial=0, desc="eval", unit="q",
+                   dynamic_ncols=True)
+        bar.update(sum(1 for i, r in enumerate(records) if i % world == rank and r.id in done))
+
+    def decode(rec):
+        try:
+            return load_video(resolve_video(rec, video_root), frames), None
+        except VideoError as e:
+            return None, str(e)
+
+    shard = open(out / PRED_SHARD.format(rank=rank), "a")
+    with ThreadPoolExecutor(max_workers=max(1, prefetch)) as pool:
+        futures = [pool.submit(decode, r) for r in mine[:prefetch + 1]]
+        for k, rec in enumerate(mine):
+            if k + prefetch + 1 < len(mine):
+                futures.append(pool.submit(decode, mine[k + prefetch + 1]))
+            clip, err = futures[k].result()
+            futures[k] = None
+            row = {"id": rec.id, "task_type": rec.task_type, "answer": rec.answer}
+            if clip is None:
+                row.update(status="skipped", error=err)
+            else:
+                t = time.perf_counter()
+                ans = pipeline.answer(clip, rec.question, rec.options, temporal_sample=temporal_sample, max_new_tokens=8)
+                row.update(status="ok", response=ans.text, pred=ans.letter, correct=ans.letter == rec.answer,
+                           seconds=round(time.perf_counter() - t, 4), visual_tokens=ans.visual_tokens)
+            shard.write(json.dumps(row) + "\n")
+            shard.flush()
+            if bar is not None:
+                bar.update(1)
+                if clip is None:
+                    bar.write(f"skipped {rec.id}: {err}")
+    shard.close()
+    if bar is not None:
+        bar.close()
+    return None
+
+
+def merge(out_dir, records: list[MCRecord], settings: dict) -> dict:
+    """Merge every rank's shard into predictions.jsonl (in record order) and summary.json."""
+    out = Path(out_dir)
+    rows = {}
+    for p in sorted(out.glob("predictions.rank*.jsonl")):
+        with open(p) as f:
+            for line in f:
+                try:
+                    r = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                rows[r["id"]] = r
+    ordered = [rows[r.id] for r in records if r.id in rows]
+    per_task = defaultdict(lambda: [0, 0])
+    skipped = 0
+    secs = []
+    for r in ordered:
+        if r["status"] != "ok":
+            skipped += 1
+            continue
+        per_task[r["task_type"]][0] += int(r["correct"])
+        per_task[r["task_type"]][1] += 1
+        secs.append(r["seconds"])
+    n_ok = sum(v[1] for v in per_task.values())
+    summary = {
+        "overall": round(100 * sum(v[0] for v in per_task.values()) / n_ok, 2) if n_ok else None,
+        # The mean over task types (MLVU's M-Avg convention) next to the per-sample mean.
+        "task_mean": round(sum(100 * c / n for c, n in per_task.values()) / len(per_task), 2) if per_task else None,
+        "per_task": {k: {"accuracy": round(100 * c / n, 2), "correct": c, "total": n} for k, (c, n) in sorted(per_task.items())},
+        "answered": n_ok, "skipped": skipped, "missing": len(records) - len(ordered),
+        "seconds_per_answer": round(sum(secs) / len(secs), 4) if secs else None,
+        "settings": settings,
+    }
+    _write_atomic(out / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in ordered))
+    _write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _write_atomic(path: Path, text: str):
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def format_summary(summary: dict) -> str:
+    lines = ["| task | accuracy | n |", "|---|---|---|"]
+    for k, v in summary["per_task"].items():
+        lines.append(f"| {k} | {v['accuracy']:.1f} | {v['total']} |")
+    lines.append(f"| **overall** | **{summary['overall']}** | {summary['answered']} |")
+    return "\n".join(lines)
