@@ -114,6 +114,34 @@ def cmd_eval(a):
         dist.destroy_process_group()
 
 
+def cmd_bench(a):
+    import torch
+
+    from .evaluation.efficiency import SETTINGS, run_bench, write_outputs
+
+    _quiet_transformers()
+    settings = a.settings.split(",") if a.settings else list(SETTINGS)
+    bad = [s for s in settings if s not in SETTINGS]
+    if bad:
+        raise UsageError(f"unknown setting(s) {bad}; choose from {list(SETTINGS)}")
+    if "baseline" not in settings:
+        settings.insert(0, "baseline")
+    if any(f < 1 or f > 4096 for f in a.frames):
+        raise UsageError("--frames values must be in [1, 4096]")
+    if a.video:
+        from .video import probe
+
+        probe(a.video)
+    rows = run_bench(a.frames, settings, size=a.size, repeats=a.repeats, warmup=a.warmup, device=a.device,
+                     dtype=getattr(torch, a.dtype), video=a.video, progress=True)
+    meta = {"size": a.size, "device": a.device, "dtype": a.dtype, "repeats": a.repeats, "warmup": a.warmup,
+            "threads": torch.get_num_threads(), "torch": torch.__version__, "video": a.video}
+    table, plotted = write_outputs(rows, a.out, meta)
+    print(table)
+    print(f"wrote {a.out}/bench.json, bench.md" + (", bench.png" if plotted else " (install matplotlib for the plot)"),
+          file=sys.stderr)
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="stormvl", description="STORM long-video question answering")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -152,6 +180,18 @@ def build_parser():
     s.add_argument("--out", required=True)
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(fn=cmd_eval)
+
+    s = sub.add_parser("bench", help="measure what token reduction buys (latency, FLOPs, memory)")
+    s.add_argument("--frames", type=int, nargs="+", default=[32, 64, 128])
+    s.add_argument("--settings", help="comma-separated subset (baseline is always included)")
+    s.add_argument("--size", default="cpu", choices=["cpu", "tiny"])
+    s.add_argument("--repeats", type=int, default=3)
+    s.add_argument("--warmup", type=int, default=1)
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    s.add_argument("--video", help="decode this video for the frames (and time decoding)")
+    s.add_argument("--out", default="bench")
+    s.set_defaults(fn=cmd_bench)
     return p
 
 

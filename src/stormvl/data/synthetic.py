@@ -46,7 +46,7 @@ def _mask(shape: str, r: int) -> np.ndarray:
     raise ValueError(shape)
 
 
-def draw(frame: np.ndarray, shape: str, color: str, cx: float, cy: float, r: int = 6) -> None:
+def draw(frame: np.ndarray, shape: str, color: str, cx: float, cy: float, r: int = 16) -> None:
     m = _mask(shape, r)
     x0, y0 = int(round(cx)) - r, int(round(cy)) - r
     h, w = frame.shape[:2]
@@ -109,12 +109,13 @@ def make_sample(rng: random.Random, task: str, n: int):
     elif task == "count":
         shape, color = rng.choice(SHAPES), rng.choice(colors)
         k = rng.randint(1, 4)
-        # k flashes of 2 frames each, separated by at least 2 dark frames, spread over the clip.
-        slots = list(range(0, n - 1, 4))
-        starts = sorted(rng.sample(slots, k))
+        # Four evenly spaced slots; k of them flash, each lit for half its slot so flashes are
+        # always separated by dark frames.
+        spacing = n // 4
+        starts = sorted(rng.sample([j * spacing for j in range(4)], k))
         pos = (rng.uniform(14, 50), rng.uniform(14, 50))
         for s in starts:
-            for t in (s, s + 1):
+            for t in range(s, s + max(1, spacing // 2)):
                 draw(f[t], shape, color, *pos)
         q = f"How many times does the {color} {shape} flash?"
         opts, ans = _options(rng, COUNTS[k - 1], COUNTS)

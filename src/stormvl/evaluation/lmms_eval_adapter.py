@@ -1,0 +1,83 @@
+"""lmms-eval model adapter: evaluate a stormvl model with lmms-eval's task definitions.
+
+    pip install lmms-eval
+    python -m stormvl.evaluation.lmms_eval_adapter --model stormvl \\
+        --model_args pretrained=/path/to/storm,num_frames=32,temporal_sample=2 \\
+        --tasks videomme,mlvu_dev --batch_size 1 --output_path logs/
+
+Running through this module registers the model under the name "stormvl" before lmms-eval's
+own command line starts (all arguments are passed through). Multi-process runs work as usual:
+`accelerate launch -m stormvl.evaluation.lmms_eval_adapter ...`.
+
+The adapter only answers `generate_until` (multiple-choice video tasks are generation tasks in
+lmms-eval); `loglikelihood` is not supported.
+"""
+from __future__ import annotations
+
+import sys
+
+try:  # lmms-eval is optional; without it the class below still works on plain request tuples
+    from lmms_eval.api.model import lmms as _Base
+    from lmms_eval.api.registry import register_model as _register
+except Exception:  # pragma: no cover - exercised when lmms-eval is installed
+    _Base = object
+
+    def _register(*names):
+        return lambda cls: cls
+
+
+@_register("stormvl")
+class StormLMMS(_Base):
+    def __init__(self, pretrained: str | None = None, num_frames: int | None = None, temporal_sample: int | None = None,
+                 device: str | None = None, batch_size: int = 1, **kwargs):
+        if _Base is not object:
+            super().__init__()
+        from ..pipeline import load
+
+        self.pipe = load(pretrained, device=device)
+        self.num_frames = int(num_frames) if num_frames else None
+        self.temporal_sample = int(temporal_sample) if temporal_sample else None
+        self.batch_size_per_gpu = int(batch_size)
+        self.task_dict = getattr(self, "task_dict", {})
+
+    def _respond(self, context: str, visuals, gen_kwargs: dict) -> str:
+        videos = [v for v in (visuals or []) if isinstance(v, str)]
+        if not videos:
+            return ""
+        until = gen_kwargs.get("until") or []
+        until = [until] if isinstance(until, str) else list(until)
+        ans = self.pipe.answer(videos[0], context, num_frames=self.num_frames, temporal_sample=self.temporal_sample,
+                               max_new_tokens=int(gen_kwargs.get("max_new_tokens", 32)))
+        text = ans.text
+        for stop in until:
+            if stop and stop in text:
+                text = text.split(stop)[0]
+        return text.strip()
+
+    def generate_until(self, requests) -> list[str]:
+        out = []
+        for req in requests:
+            context, gen_kwargs, doc_to_visual, doc_id, task, split = req.args
+            visuals = doc_to_visual(self.task_dict[task][split][doc_id])
+            out.append(self._respond(context, visuals, dict(gen_kwargs or {})))
+        return out
+
+    def loglikelihood(self, requests):
+        raise NotImplementedError("stormvl's lmms-eval adapter supports generation tasks only")
+
+    def generate_until_multi_round(self, requests):
+        raise NotImplementedError("multi-round generation is not supported")
+
+
+def main():
+    try:
+        from lmms_eval.__main__ import cli_evaluate
+    except ImportError:
+        print("stormvl: error: lmms-eval is not installed (pip install lmms-eval)", file=sys.stderr)
+        return 2
+    cli_evaluate()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from stormvl.cli import main
+from stormvl.data.synthetic import FPS, _blank, draw, generate_split
+from stormvl.video import write_video
+
+pytestmark = pytest.mark.skipif(not os.path.isfile(os.path.join(os.path.dirname(__file__), "..", "src", "stormvl",
+                                                                "default_model", "config.json")),
+                                reason="embedded model not built")
+
+
+def _moving_clip(path, direction, color="green", shape="circle"):
+    f = _blank(16)
+    for t in range(16):
+        p = 12 + 40 * t / 15
+        pos = {"right": (p, 32), "left": (64 - p, 32), "down": (32, p), "up": (32, 64 - p)}[direction]
+        draw(f[t], shape, color, *pos)
+    write_video(path, f, fps=FPS)
+    return path
+
+
+@pytest.mark.parametrize("direction", ["left", "right", "up", "down"])
+def test_answer_with_embedded_model(tmp_path, capsys, direction):
+    clip = _moving_clip(tmp_path / "clip.mp4", direction)
+    options = ["up", "left", "down", "right"]
+    rc = main(["answer", str(clip), "Which direction does the green circle move?", "--options", *options, "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["letter"] == "ABCD"[options.index(direction)], out
+    assert out["num_frames"] == 16 and out["visual_tokens"] == 4 * 16
+
+
+def test_answer_text_output_and_temporal_sampling(tmp_path, capsys):
+    clip = _moving_clip(tmp_path / "clip.mp4", "right")
+    assert main(["answer", str(clip), "Which direction does the green circle move?", "--frames", "32",
+                 "--temporal-sample", "2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["num_frames"] == 32 and out["visual_tokens"] == 4 * 16 and out["answer"]
+
+
+def _audio_only(path):
+    import av
+
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("aac", rate=16000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 16000
+        for p in s.encode(frame):
+            out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+
+
+def test_bad_inputs_exit_2_with_one_line(tmp_path):
+    good = _moving_clip(tmp_path / "good.mp4", "up")
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    (tmp_path / "text.mp4").write_text("not a video\n" * 20)
+    data = good.read_bytes()
+    (tmp_path / "trunc.mp4").write_bytes(data[: len(data) // 3])
+    _audio_only(tmp_path / "audio.m4a")
+    cases = [(tmp_path / "missing.mp4", "no such file"), (tmp_path / "empty.mp4", "empty"),
+             (tmp_path / "text.mp4", "not a readable video"), (tmp_path / "trunc.mp4", "not a readable video"),
+             (tmp_path / "audio.m4a", "audio-only")]
+    for path, msg in cases:
+        r = subprocess.run([sys.executable, "-m", "stormvl.cli", "answer", str(path), "What happens?"],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2, (path, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and msg in lines[0] and str(path) in lines[0], r.stderr
+    r = subprocess.run([sys.executable, "-m", "stormvl.cli", "answer", str(good), "q", "--frames", "0"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "num_frames" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_eval_resume_and_two_process_merge(tmp_path):
+    generate_split(tmp_path / "split", 10, frames=16, seed=99)
+    ann = str(tmp_path / "split" / "annotations.jsonl")
+    out1 = tmp_path / "one"
+    assert main(["eval", "--benchmark", "synthetic", "--annotations", ann, "--out", str(out1), "--no-progress",
+                 "--limit", "6"]) == 0
+    assert len(open(out1 / "predictions.jsonl").readlines()) == 6
+    # Resume: the rerun answers only the 4 new questions and keeps the 6 done ones.
+    before = open(out1 / "predictions.rank0.jsonl").read()
+    assert main(["eval", "--benchmark", "synthetic", "--annotations", ann, "--out", str(out1), "--no-progress"]) == 0
+    after = open(out1 / "predictions.rank0.jsonl").read()
+    assert after.startswith(before) and len(after.splitlines()) == 10
+    s1 = json.load(open(out1 / "summary.json"))
+    out2 = tmp_path / "two"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+                        "-m", "stormvl.cli", "eval", "--benchmark", "synthetic", "--annotations", ann, "--out", str(out2),
+                        "--no-progress"], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    s2 = json.load(open(out2 / "summary.json"))
+    assert s2["per_task"] == s1["per_task"] and s2["overall"] == s1["overall"]
+    assert s2["settings"]["processes"] == 2 and s2["answered"] == 10
+    assert [json.loads(x)["id"] for x in open(out2 / "predictions.jsonl")] == \
+        [json.loads(x)["id"] for x in open(out1 / "predictions.jsonl")]
+
+
+def test_eval_skips_missing_videos(tmp_path):
+    generate_split(tmp_path / "split", 3, frames=16, seed=98)
+    os.remove(tmp_path / "split" / "videos" / "s98_000001.mp4")
+    assert main(["eval", "--benchmark", "synthetic", "--annotations", str(tmp_path / "split" / "annotations.jsonl"),
+                 "--out", str(tmp_path / "o"), "--no-progress"]) == 0
+    s = json.load(open(tmp_path / "o" / "summary.json"))
+    assert s["answered"] == 2 and s["skipped"] == 1
+
+
+def test_unknown_benchmark_exits_2(tmp_path, capsys):
+    (tmp_path / "a.json").write_text("[]")
+    assert main(["eval", "--benchmark", "kinetics", "--annotations", str(tmp_path / "a.json"), "--out", str(tmp_path)]) == 2
+    assert "unknown benchmark" in capsys.readouterr().err

@@ -1,0 +1,64 @@
+import random
+
+import numpy as np
+import pytest
+
+from stormvl.data.records import MCRecord, read_jsonl
+from stormvl.data.synthetic import BG, COLORS, TASKS, generate_split, make_sample
+from stormvl.video import load_video
+
+
+def _centroid(frame, color):
+    m = np.all(np.abs(frame.astype(int) - np.array(COLORS[color])) < 40, axis=-1)
+    if m.sum() < 4:
+        return None
+    ys, xs = np.nonzero(m)
+    return xs.mean(), ys.mean()
+
+
+def _visible(frame):
+    return (np.abs(frame.astype(int) - np.array(BG)).sum(-1) > 60).sum() > 4
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_ground_truth_matches_rendered_frames(seed):
+    rng = random.Random(seed)
+    for task in TASKS:
+        f, q, opts, ans, truth = make_sample(rng, task, 16)
+        assert f.shape == (16, 64, 64, 3) and len(opts) == 4 and len(set(opts)) == 4
+        assert ans in "ABCD"
+        correct = opts["ABCD".index(ans)]
+        if task == "direction":
+            color = q.split()[4]
+            (x0, y0), (x1, y1) = _centroid(f[0], color), _centroid(f[-1], color)
+            dx, dy = x1 - x0, y1 - y0
+            seen = ("right" if dx > 0 else "left") if abs(dx) > abs(dy) else ("down" if dy > 0 else "up")
+            assert seen == truth["direction"] == correct
+        elif task == "count":
+            on = [_visible(fr) for fr in f]
+            flashes = sum(1 for t in range(16) if on[t] and (t == 0 or not on[t - 1]))
+            assert flashes == truth["count"] and correct == ["one", "two", "three", "four"][flashes - 1]
+        elif task == "order":
+            c1 = truth["first"].split()[0]
+            c2 = truth["second"].split()[0]
+            first1 = min(t for t in range(16) if _centroid(f[t], c1) is not None)
+            first2 = min(t for t in range(16) if _centroid(f[t], c2) is not None)
+            assert first1 < first2 and correct == truth["first"]
+        elif task == "state":
+            assert _centroid(f[0], truth["start"]) is not None and _centroid(f[-1], truth["end"]) is not None
+            assert correct == (truth["start"] if "start" in q else truth["end"])
+        elif task == "recall":
+            assert correct == truth["first"] and _visible(f[0])
+
+
+def test_split_is_deterministic_and_balanced(tmp_path):
+    a = generate_split(tmp_path / "a", 10, frames=8, seed=3)
+    b = generate_split(tmp_path / "b", 10, frames=8, seed=3)
+    assert [r.to_json() for r in a] == [r.to_json() for r in b]
+    assert [r.task_type for r in a] == TASKS * 2
+    rows = [MCRecord.from_json(r) for r in read_jsonl(tmp_path / "a" / "annotations.jsonl")]
+    assert rows == a
+    clip = load_video(tmp_path / "a" / rows[0].video, 8)
+    assert clip.frames.shape == (8, 64, 64, 3)
+    with pytest.raises(ValueError, match="at least 8 frames"):
+        generate_split(tmp_path / "c", 2, frames=4)
