@@ -97,3 +97,13 @@ def test_bad_shapes_and_impl():
 def test_flop_count():
     # 1 chunk of 4, 1 head/group: CB 2*4*4*n, intra 2*4*4*p, states 2*4*p*n, out 2*4*n*p.
     assert ssd_chunked_flops(1, 4, 1, 2, 3, 1, 4) == 2 * 16 * 3 + 2 * 16 * 2 + 2 * 4 * 6 * 2
+
+
+def test_long_inputs_run_in_segments_with_the_same_result():
+    from stormvl.ops import ssd
+
+    x, dt, A, B, C, D = _inputs(1, 300, 2, 4, 1, 4, torch.float64, seed=11)
+    assert 300 > ssd.SEGMENT_CHUNKS * 4  # several segments at chunk size 4
+    y_ref, s_ref = ssd_scan_ref(x, dt, A, B, C, D, return_final_state=True)
+    y, s = ssd_scan_chunked(x, dt, A, B, C, D, chunk_size=4, return_final_state=True)
+    assert _rel(y, y_ref) < 1e-10 and _rel(s, s_ref) < 1e-10

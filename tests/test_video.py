@@ -107,3 +107,17 @@ def test_write_video_is_atomic(tmp_path):
     with pytest.raises(RuntimeError, match="renderer"):
         write_video(path, frames())
     assert not path.exists() and not list(tmp_path.iterdir())
+
+
+def test_seeking_with_keyframes_sparser_than_the_seek_gap(tmp_path):
+    # GOP (20 frames) far longer than the 2-second seek threshold at 2 fps (4 frames): after each
+    # seek the decoder restarts far before its target and must still move on.
+    n = 40
+    frames = np.zeros((n, 32, 32, 3), np.uint8)
+    for i in range(n):
+        frames[i, ..., 0] = i * 6
+    path = write_video(tmp_path / "sparse_gop.mp4", frames, fps=2, gop=20)
+    clip = load_video(path, 7)
+    expected = sample_indices(n, 7)
+    assert clip.indices.tolist() == expected.tolist()
+    assert [_index_of(f) for f in clip.frames] == expected.tolist()

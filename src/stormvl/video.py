@@ -203,7 +203,9 @@ def _decode_indices(path, container, info, targets, seek):
                     chosen[targets[t]] = frame.to_ndarray(format="rgb24")
                     t += 1
                     progressed = True
-                if t >= len(targets) or (seek and targets[t] - pos > gap):
+                # Re-seek for a far target only after this pass produced a frame: right after a
+                # seek the decoder starts at a keyframe that may lie far before the target.
+                if t >= len(targets) or (seek and progressed and targets[t] - pos > gap):
                     break
             else:
                 # End of stream before the remaining targets (frame count overestimated):

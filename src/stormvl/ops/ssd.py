@@ -19,6 +19,8 @@ import torch.nn.functional as F
 
 __all__ = ["ssd_scan", "ssd_scan_ref", "ssd_scan_chunked", "ssd_chunked_flops"]
 
+SEGMENT_CHUNKS = 32  # chunks per segment for long inputs
+
 
 def _prepare_dt(dt, dt_bias, dt_softplus, dt_limit):
     if dt_bias is not None:
@@ -78,6 +80,18 @@ def ssd_scan_chunked(x, dt, A, B, C, D=None, *, chunk_size=64, initial_state=Non
     r = h // g
     dt = _prepare_dt(dt, dt_bias, dt_softplus, dt_limit)
     Q = max(1, min(int(chunk_size), l)) if l > 0 else 1
+    seg_len = SEGMENT_CHUNKS * Q
+    if l > seg_len:
+        # Long inputs run segment by segment, passing the state on: the (Q x Q) intermediates of
+        # one segment stay in cache instead of streaming through memory (several x faster on CPU).
+        ys, state = [], initial_state
+        for s in range(0, l, seg_len):
+            e = min(l, s + seg_len)
+            y_s, state = ssd_scan_chunked(x[:, s:e], dt[:, s:e], A, B[:, s:e], C[:, s:e], D, chunk_size=Q,
+                                          initial_state=state, return_final_state=True)
+            ys.append(y_s)
+        y = torch.cat(ys, dim=1)
+        return (y, state) if return_final_state else y
     pad = (-l) % Q
     if pad:
         # Zero-padded steps have dt = 0: decay 1 and no input, so the final state is unaffected.

@@ -120,7 +120,14 @@ def load_train_config(path) -> TrainConfig:
             data = json.loads(text)
     except Exception as e:
         raise ConfigError(f"{path}: cannot parse ({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
-    cfg = _build(TrainConfig, data or {}, str(path))
-    # Relative data paths are relative to the config file.
-    cfg.data.train = [str((path.parent / p).resolve()) if not Path(p).is_absolute() else p for p in cfg.data.train]
+    data = data or {}
+    cfg = _build(TrainConfig, data, str(path))
+    # Relative paths in the file (data, output_dir) are relative to the config file, so a run
+    # does not depend on the directory it was started from.
+    def rel(p):
+        return p if p is None or Path(p).is_absolute() else str((path.parent / p).resolve())
+
+    cfg.data.train = [rel(p) for p in cfg.data.train]
+    cfg.output_dir = rel(cfg.output_dir) if "output_dir" in data else cfg.output_dir
+    cfg.data.video_root = rel(cfg.data.video_root)
     return cfg.validate()
