@@ -38,9 +38,9 @@ def resolve_video(rec: MCRecord, video_root) -> str:
 
 
 def evaluate(pipeline, records: list[MCRecord], out_dir, *, video_root=None, num_frames=None,
-             temporal_sample=None, rank=0, world=1, progress=True, prefetch=2) -> dict | None:
-    """Answer this rank's share of `records`; rank 0 merges all shards once every rank is done
-    (the caller synchronises ranks) and returns the summary."""
+             temporal_sample=None, rank=0, world=1, progress=True, prefetch=2) -> None:
+    """Answer this rank's share of `records` (every `world`-th one), appending to this rank's
+    shard; `merge` combines the shards once every rank is done."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     done = _done_ids(out)
@@ -85,7 +85,6 @@ def evaluate(pipeline, records: list[MCRecord], out_dir, *, video_root=None, num
     shard.close()
     if bar is not None:
         bar.close()
-    return None
 
 
 def merge(out_dir, records: list[MCRecord], settings: dict) -> dict:
