@@ -28,3 +28,20 @@ def counter_video(tmp_path_factory):
     path = tmp_path_factory.mktemp("video") / "counter.mp4"
     write_video(path, frames, fps=10, gop=8)
     return path, n
+
+
+@pytest.fixture
+def audio_only_file(tmp_path):
+    """An .m4a file with one AAC audio stream and no video."""
+    import av
+
+    path = tmp_path / "audio.m4a"
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("aac", rate=16000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 16000
+        for p in s.encode(frame):
+            out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    return path

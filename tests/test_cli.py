@@ -44,29 +44,17 @@ def test_answer_text_output_and_temporal_sampling(tmp_path, capsys):
     assert out["num_frames"] == 32 and out["visual_tokens"] == 4 * 16 and out["answer"]
 
 
-def _audio_only(path):
-    import av
-
-    with av.open(str(path), "w") as out:
-        s = out.add_stream("aac", rate=16000)
-        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-        frame.sample_rate = 16000
-        for p in s.encode(frame):
-            out.mux(p)
-        for p in s.encode():
-            out.mux(p)
 
 
-def test_bad_inputs_exit_2_with_one_line(tmp_path):
+def test_bad_inputs_exit_2_with_one_line(tmp_path, audio_only_file):
     good = _moving_clip(tmp_path / "good.mp4", "up")
     (tmp_path / "empty.mp4").write_bytes(b"")
     (tmp_path / "text.mp4").write_text("not a video\n" * 20)
     data = good.read_bytes()
     (tmp_path / "trunc.mp4").write_bytes(data[: len(data) // 3])
-    _audio_only(tmp_path / "audio.m4a")
     cases = [(tmp_path / "missing.mp4", "no such file"), (tmp_path / "empty.mp4", "empty"),
              (tmp_path / "text.mp4", "not a readable video"), (tmp_path / "trunc.mp4", "not a readable video"),
-             (tmp_path / "audio.m4a", "audio-only")]
+             (audio_only_file, "audio-only")]
     for path, msg in cases:
         r = subprocess.run([sys.executable, "-m", "stormvl.cli", "answer", str(path), "What happens?"],
                            capture_output=True, text=True, timeout=300)

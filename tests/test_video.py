@@ -45,20 +45,9 @@ def test_fps_sampling_and_cap(counter_video):
     assert capped.indices.tolist() == sample_indices(40, 4).tolist()
 
 
-def _audio_only(path):
-    import av
-
-    with av.open(str(path), "w") as out:
-        s = out.add_stream("aac", rate=16000)
-        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-        frame.sample_rate = 16000
-        for p in s.encode(frame):
-            out.mux(p)
-        for p in s.encode():
-            out.mux(p)
 
 
-def test_bad_inputs(tmp_path, counter_video):
+def test_bad_inputs(tmp_path, counter_video, audio_only_file):
     good, _ = counter_video
     cases = {}
     cases["missing"] = (tmp_path / "missing.mp4", "no such file")
@@ -69,8 +58,7 @@ def test_bad_inputs(tmp_path, counter_video):
     data = good.read_bytes()
     (tmp_path / "trunc.mp4").write_bytes(data[: len(data) // 2])
     cases["truncated"] = (tmp_path / "trunc.mp4", "not a readable video")
-    _audio_only(tmp_path / "audio.m4a")
-    cases["audio"] = (tmp_path / "audio.m4a", "audio-only")
+    cases["audio"] = (audio_only_file, "audio-only")
     cases["dir"] = (tmp_path, "directory")
     for name, (path, msg) in cases.items():
         with pytest.raises(VideoError, match=msg) as e:
