@@ -33,12 +33,14 @@ def _load_pipeline(path):
 
 
 def cmd_answer(a):
-    from .video import probe
+    from .video import MAX_FRAMES, probe
 
     _quiet_transformers()
     info = probe(a.video)  # fail fast, before loading the model
     pipe = _load_pipeline(a.model)
-    frames = a.frames or pipe.config.num_frames
+    frames = a.frames if a.frames is not None else pipe.config.num_frames
+    if not 1 <= frames <= MAX_FRAMES:
+        raise UsageError(f"{a.video}: num_frames must be an integer in [1, {MAX_FRAMES}], got {frames}")
     if a.temporal_sample is not None and a.temporal_sample < 1:
         raise UsageError(f"--temporal-sample must be >= 1, got {a.temporal_sample}")
     options = a.options or None
@@ -95,7 +97,7 @@ def cmd_eval(a):
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("gloo")
     pipe = _load_pipeline(a.model)
-    frames = a.frames or pipe.config.num_frames
+    frames = a.frames if a.frames is not None else pipe.config.num_frames
     evaluate(pipe, records, a.out, video_root=video_root, num_frames=frames, temporal_sample=a.temporal_sample,
              rank=rank, world=world, progress=not a.no_progress)
     if world > 1:

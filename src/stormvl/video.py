@@ -111,6 +111,8 @@ def load_video(path, num_frames: int | None = 32, *, fps: float | None = None,
     path, container = _open(path)
     try:
         info = _info(path, container)
+        if fps is None:
+            _check_count(path, "num_frames", num_frames)
         _check_count(path, "max_frames", max_frames)
         if fps is not None:
             if not (isinstance(fps, (int, float)) and fps > 0 and math.isfinite(fps)):
