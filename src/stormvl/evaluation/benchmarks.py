@@ -105,13 +105,18 @@ def _mlvu_file(path: Path, rows) -> list[MCRecord]:
     return out
 
 
-def read_mlvu(path: Path) -> list[MCRecord]:
-    if path.is_dir():  # the official json/ folder: one file per task
+def _file_or_folder(path: Path, read_file, name: str) -> list[MCRecord]:
+    """One annotation file, or a folder of them (one *.json per task/subtask)."""
+    if path.is_dir():
         files = sorted(path.glob("*.json"))
         if not files:
-            raise FileNotFoundError(f"{path}: no MLVU *.json files")
-        return [r for f in files for r in _mlvu_file(f, _load_rows(f))]
-    return _mlvu_file(path, _load_rows(path))
+            raise FileNotFoundError(f"{path}: no {name} *.json files")
+        return [r for f in files for r in read_file(f, _load_rows(f))]
+    return read_file(path, _load_rows(path))
+
+
+def read_mlvu(path: Path) -> list[MCRecord]:
+    return _file_or_folder(path, _mlvu_file, "MLVU")
 
 
 def read_longvideobench(path: Path) -> list[MCRecord]:
@@ -145,12 +150,7 @@ def _mvbench_file(path: Path, rows) -> list[MCRecord]:
 
 def read_mvbench(path: Path) -> list[MCRecord]:
     """Videos resolve as <videos>/<subtask>/<video>, subtask = the json file's stem."""
-    if path.is_dir():
-        files = sorted(path.glob("*.json"))
-        if not files:
-            raise FileNotFoundError(f"{path}: no MVBench *.json files")
-        return [r for f in files for r in _mvbench_file(f, _load_rows(f))]
-    return _mvbench_file(path, _load_rows(path))
+    return _file_or_folder(path, _mvbench_file, "MVBench")
 
 
 def read_synthetic(path: Path) -> list[MCRecord]:
