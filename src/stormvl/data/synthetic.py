@@ -148,7 +148,7 @@ def make_sample(rng: random.Random, task: str, n: int):
         for j, s in enumerate(shapes[1:]):
             p = (rng.uniform(14, 50), rng.uniform(14, 50))
             for t in range(shown + 1 + j * seg, min(n, shown + 1 + (j + 1) * seg + (n if j == 2 else 0))):
-                draw(f[t], s, rng.choice(colors) if t == 0 else color, *p)
+                draw(f[t], s, color, *p)
         q = "Which shape was shown at the beginning of the video?"
         opts, ans = _options(rng, first, SHAPES)
         truth = {"first": first}
