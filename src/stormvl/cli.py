@@ -47,7 +47,9 @@ def cmd_answer(a):
     if not a.json:
         print(f"{a.video}: {info.duration:.1f} s, {info.num_frames} frames; sampling {frames} -> "
               f"{pipe.config.tokens_per_video(frames, a.temporal_sample)} visual tokens", file=sys.stderr)
-    ans = pipe.answer(a.video, a.question, options, num_frames=frames, temporal_sample=a.temporal_sample)
+    # A progress bar (stderr) only where decoding takes a noticeable time.
+    ans = pipe.answer(a.video, a.question, options, num_frames=frames, temporal_sample=a.temporal_sample,
+                      progress=info.duration > 120)
     if a.json:
         print(json.dumps({"video": a.video, "question": a.question, "options": options, "answer": ans.text,
                           "letter": ans.letter, "num_frames": ans.num_frames, "visual_tokens": ans.visual_tokens,

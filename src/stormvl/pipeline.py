@@ -47,9 +47,10 @@ class StormPipeline:
         return next(self.model.parameters()).device
 
     def answer(self, video, question: str, options: list[str] | None = None, *, num_frames: int | None = None,
-               fps: float | None = None, temporal_sample: int | None = None, max_new_tokens: int = 32) -> Answer:
+               fps: float | None = None, temporal_sample: int | None = None, max_new_tokens: int = 32,
+               progress: bool = False) -> Answer:
         n = self.config.num_frames if num_frames is None else num_frames
-        clip = video if isinstance(video, VideoClip) else load_video(video, n, fps=fps, max_frames=n)
+        clip = video if isinstance(video, VideoClip) else load_video(video, n, fps=fps, max_frames=n, progress=progress)
         batch = self.processor([clip.frames], [self.processor.prompt_text(question, options)],
                                temporal_sample=temporal_sample)
         batch = {k: v.to(self.device) for k, v in batch.items()}

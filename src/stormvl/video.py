@@ -105,7 +105,7 @@ def _check_count(path, name, value, low=1, high=MAX_FRAMES):
 
 
 def load_video(path, num_frames: int | None = 32, *, fps: float | None = None,
-               max_frames: int = MAX_FRAMES, seek: bool = True) -> VideoClip:
+               max_frames: int = MAX_FRAMES, seek: bool = True, progress: bool = False) -> VideoClip:
     """Sample frames: `num_frames` uniformly over the whole video, or, with `fps`, one frame every
     1/fps seconds capped at `max_frames` (uniform over the video when the cap binds)."""
     path, container = _open(path)
@@ -137,7 +137,7 @@ def load_video(path, num_frames: int | None = 32, *, fps: float | None = None,
             chosen = {i: frames[i] for i in set(idx.tolist())}
         else:
             idx = sample_indices(info.num_frames, num_frames) if idx is None else idx
-            chosen = _decode_indices(path, container, info, sorted(set(idx.tolist())), seek)
+            chosen = _decode_indices(path, container, info, sorted(set(idx.tolist())), seek, progress)
     finally:
         container.close()
     if not chosen:
@@ -170,9 +170,15 @@ def _frame_index(frame, stream, fps, start):
     return int(round(float((frame.pts - start) * stream.time_base) * fps))
 
 
-def _decode_indices(path, container, info, targets, seek):
+def _decode_indices(path, container, info, targets, seek, progress=False):
     """Decode exactly the frames in `targets` (sorted), seeking forward over long gaps."""
     import av
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(targets), desc="decoding", unit="frame", leave=False)
 
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
@@ -205,6 +211,8 @@ def _decode_indices(path, container, info, targets, seek):
                     chosen[targets[t]] = frame.to_ndarray(format="rgb24")
                     t += 1
                     progressed = True
+                    if bar is not None:
+                        bar.update(1)
                 # Re-seek for a far target only after this pass produced a frame: right after a
                 # seek the decoder starts at a keyframe that may lie far before the target.
                 if t >= len(targets) or (seek and progressed and targets[t] - pos > gap):
@@ -224,6 +232,8 @@ def _decode_indices(path, container, info, targets, seek):
                 t += 1  # give up on this target; its neighbours stand in
             if errors > 16:
                 break
+    if bar is not None:
+        bar.close()
     return chosen
 
 
