@@ -5,13 +5,14 @@
   (c) no temporal encoder, no pooling                 (4x the LLM visual tokens)
   (d) model (b) on twice the frames with test-time temporal sampling 2x
 
-    python benchmarks/ablation_synthetic.py [--steps 1200] [--train-videos 6000] [--out runs/ablation]
+    python benchmarks/ablation_synthetic.py [--train-videos 6000] [--out runs/ablation] [--jobs 2]
 
 Prints a markdown table: accuracy per question type, LLM visual tokens, seconds per answer.
 Reruns resume: finished trainings and evaluations are reused.
 """
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,10 +20,13 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {"hidden": 128, "llm_layers": 3, "vision_hidden": 64, "vision_layers": 2, "image_size": 64, "patch_size": 8}
+# Every variant is the embedded model's recipe (scripts/default_model.yaml: data, steps, seed,
+# tiny sizes) with only the encoder and the temporal pooling changed; (b) *is* that recipe, so the
+# embedded model's own run is reused when it exists.
+RECIPE = ROOT / "scripts" / "default_model.yaml"
 VARIANTS = {
     "a": {"use_temporal_encoder": False, "projector_type": "mlp", "temporal_pool": 4},
-    "b": {"temporal_pool": 4, "temporal_layers": 2, "mamba_head_dim": 32, "mamba_state_size": 32},
+    "b": {},
     "c": {"use_temporal_encoder": False, "projector_type": "mlp", "temporal_pool": 1},
 }
 LABELS = {"a": "(a) no encoder + T.pool 4x", "b": "(b) STORM + T.pool 4x", "c": "(c) no encoder, no pooling",
@@ -36,38 +40,54 @@ def run(cmd):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=1200)
     ap.add_argument("--train-videos", type=int, default=6000)
     ap.add_argument("--eval-videos", type=int, default=500)
-    ap.add_argument("--frames", type=int, default=16)
     ap.add_argument("--out", default=str(ROOT / "runs" / "ablation"))
+    ap.add_argument("--jobs", type=int, default=2, help="trainings run at once")
     a = ap.parse_args()
     from stormvl.data.synthetic import generate_split
 
+    recipe = yaml.safe_load(RECIPE.read_text())
+    frames = recipe["data"]["num_frames"]
     out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
     train_split = ROOT / "runs" / "synth_train"
     heldout = ROOT / "runs" / "synth_heldout"
-    generate_split(train_split, a.train_videos, frames=a.frames, seed=1000)
-    generate_split(heldout, a.eval_videos, frames=a.frames, seed=4242)
+    generate_split(train_split, a.train_videos, frames=frames, seed=1000)
+    generate_split(heldout, a.eval_videos, frames=frames, seed=4242)
     # (d) needs twice the frames of the same kind of clip: the held-out questions rendered at 2x frames.
-    heldout2 = ROOT / "runs" / f"synth_heldout_{2 * a.frames}f"
-    generate_split(heldout2, a.eval_videos, frames=2 * a.frames, seed=4242)
-    results = {}
-    for name, storm in VARIANTS.items():
-        cfg = {"output_dir": str(out / name), "seed": 0, "batch_size": 16, "save_every": 300,
-               "data": {"train": [str(train_split / "annotations.jsonl")], "num_frames": a.frames, "open_ended_ratio": 0.5},
-               "model": {"init": "tiny", "tiny": TINY, "storm": storm},
-               "stages": [{"name": "sft", "train": "all", "steps": a.steps, "lr": 2e-3}]}
-        out.mkdir(parents=True, exist_ok=True)
+    heldout2 = ROOT / "runs" / f"synth_heldout_{2 * frames}f"
+    generate_split(heldout2, a.eval_videos, frames=2 * frames, seed=4242)
+    results, finals, todo = {}, {}, []
+    for name, change in VARIANTS.items():
+        cfg = json.loads(json.dumps(recipe))
+        # The recipe's paths are relative to its own folder; this config lives elsewhere.
+        cfg["data"]["train"] = [str((RECIPE.parent / f).resolve()) for f in cfg["data"]["train"]]
+        for stage in cfg["stages"]:
+            if stage.get("data"):
+                stage["data"] = [str((RECIPE.parent / f).resolve()) for f in stage["data"]]
+        cfg["model"]["storm"].update(change)
+        cfg["output_dir"] = str(ROOT / "runs" / "default_model") if not change else str(out / name)
         (out / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
-        if not (out / name / "final" / "config.json").is_file():
-            run([sys.executable, "-m", "stormvl.cli", "train", out / f"{name}.yaml"])
-    evals = {"a": ("a", a.frames, 1, heldout), "b": ("b", a.frames, 1, heldout), "c": ("c", a.frames, 1, heldout),
-             "d": ("b", 2 * a.frames, 2, heldout2)}
-    for key, (model, frames, s, split) in evals.items():
+        finals[name] = Path(cfg["output_dir"]) / "final"
+        if not (finals[name] / "config.json").is_file():
+            todo.append(out / f"{name}.yaml")
+    # Trainings run side by side with the cores split between them (a resumed run continues).
+    threads = max(1, (os.cpu_count() or 1) // max(1, a.jobs))
+    for i in range(0, len(todo), a.jobs):
+        procs = []
+        for cfg_path in todo[i:i + a.jobs]:
+            print("+ stormvl train", cfg_path, flush=True)
+            procs.append(subprocess.Popen([sys.executable, "-m", "stormvl.cli", "train", str(cfg_path)],
+                                          env=dict(os.environ, OMP_NUM_THREADS=str(threads))))
+        if any(p.wait() != 0 for p in procs):
+            sys.exit("a training run failed")
+    evals = {"a": ("a", frames, 1, heldout), "b": ("b", frames, 1, heldout), "c": ("c", frames, 1, heldout),
+             "d": ("b", 2 * frames, 2, heldout2)}
+    for key, (model, n, s, split) in evals.items():
         eo = out / f"eval_{key}"
         run([sys.executable, "-m", "stormvl.cli", "eval", "--benchmark", "synthetic", "--annotations",
-             split / "annotations.jsonl", "--model", out / model / "final", "--frames", frames,
+             split / "annotations.jsonl", "--model", finals[model], "--frames", n,
              "--temporal-sample", s, "--out", eo, "--no-progress"])
         results[key] = json.loads((eo / "summary.json").read_text())
     tasks = sorted(results["a"]["per_task"])

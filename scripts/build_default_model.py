@@ -2,7 +2,7 @@
 
     python scripts/build_default_model.py            # synth data -> train -> package -> evaluate
 
-1. writes a synthetic training split (seed 1000) under runs/synth_train,
+1. writes a synthetic training split (seed 1000: videos, QA records, captions) under runs/synth_train,
 2. trains scripts/default_model.yaml (resumes if interrupted),
 3. copies the result into src/stormvl/default_model/ and writes examples/clip.mp4,
 4. evaluates on a held-out split (seed 4242, never used in training) and prints the table.

@@ -86,3 +86,36 @@ def test_lmms_eval_adapter_on_request_tuples(monkeypatch):
                 "videomme", "test")
 
     assert m.generate_until([Req()]) == ["B. because /v/x.mp4"]
+
+
+def test_lmms_eval_adapter_loglikelihood(tmp_path, tiny_tokenizer):
+    import numpy as np
+    import torch
+
+    from stormvl import StormForConditionalGeneration, StormProcessor
+    from stormvl.evaluation.lmms_eval_adapter import StormLMMS
+    from stormvl.tiny import tiny_config
+    from stormvl.video import load_video, write_video
+
+    torch.manual_seed(0)
+    cfg = tiny_config(tiny_tokenizer, temporal_pool=2, num_frames=8)
+    StormForConditionalGeneration(cfg).save_pretrained(tmp_path / "m")
+    StormProcessor(tiny_tokenizer, cfg).save_pretrained(tmp_path / "m")
+    frames = np.random.default_rng(1).integers(0, 255, (8, 32, 32, 3), dtype=np.uint8)
+    write_video(tmp_path / "v.mp4", frames, fps=4)
+    m = StormLMMS(pretrained=str(tmp_path / "m"))
+    m.task_dict = {"t": {"test": {0: {"video": str(tmp_path / "v.mp4")}}}}
+
+    class Req:
+        def __init__(self, cont):
+            self.args = ("what happens ?", cont, lambda doc: [doc["video"]], 0, "t", "test")
+
+    got = m.loglikelihood([Req("red"), Req("blue square")])
+    clip = load_video(tmp_path / "v.mp4", 8)
+    ref = m.pipe.option_scores(clip, "what happens ?", ["red", "blue square"])
+    assert [round(s, 5) for s, _ in got] == [round(float(s), 5) for s in ref]
+    assert all(s < 0 and isinstance(g, bool) for s, g in got)
+    # Greedy decoding of the open question gives the continuation flagged greedy (if either is).
+    first = m.pipe.answer(clip, "what happens ?", max_new_tokens=4).text
+    for (s, g), cont in zip(got, ["red", "blue square"]):
+        assert g == (first == cont)

@@ -129,3 +129,37 @@ def test_pixel_shuffle_layout():
     assert y[0, 0].tolist() == [0, 1, 4, 5] and y[0, 3].tolist() == [10, 11, 14, 15]
     odd = pixel_shuffle(torch.ones(1, 9, 1), 3, 2)  # 3x3 padded to 4x4
     assert odd.shape == (1, 4, 4) and odd[0, 3].tolist() == [1, 0, 0, 0]
+
+
+def test_video_position_after_puts_the_placeholder_after_the_question(tiny_tokenizer):
+    _, proc = _model(tiny_tokenizer, video_position="after")
+    text = proc.prompt_text("what happens ?", ["red", "blue"])
+    assert text.index("what happens") < text.index("<video>") < text.index("assistant")
+    _, proc = _model(tiny_tokenizer)
+    assert proc.prompt_text("what happens ?").index("<video>") < proc.prompt_text("what happens ?").index("what")
+
+
+def test_option_ranking_matches_separate_forward_passes(tiny_tokenizer):
+    """The likelihood choice mode shares one video encoding across options; the scores must be
+    those of scoring each option with its own full forward pass (float64)."""
+    from stormvl.pipeline import StormPipeline
+    from stormvl.video import VideoClip
+
+    model, proc = _model(tiny_tokenizer, temporal_pool=2, choice_mode="likelihood", video_position="after")
+    model.double()
+    clip = VideoClip(frames=FRAMES, timestamps=np.arange(8) / 4.0, indices=np.arange(8), info=None)
+    options = ["red", "blue square", "green", "four"]
+    pipe = StormPipeline(model, proc)
+    scores = pipe.option_scores(clip, "what happens ?", options)
+    ref = []
+    for opt in options:
+        b = proc([FRAMES], [proc.prompt_text("what happens ?")], answers=[opt])
+        b["pixel_values_videos"] = b["pixel_values_videos"].double()
+        with torch.no_grad():
+            logp = model(**b).logits[0, :-1].log_softmax(-1)
+        lab = b["labels"][0, 1:]
+        ref.append(sum(logp[i, t] for i, t in enumerate(lab.tolist()) if t != -100))
+    torch.testing.assert_close(scores.double(), torch.stack(ref), rtol=1e-9, atol=1e-9)
+    ans = pipe.answer(clip, "what happens ?", options)
+    best = int(torch.stack(ref).argmax())
+    assert ans.letter == "ABCD"[best] and ans.text == f"{'ABCD'[best]}. {options[best]}"

@@ -1,3 +1,4 @@
+import json
 import random
 
 import numpy as np
@@ -62,3 +63,19 @@ def test_split_is_deterministic_and_balanced(tmp_path):
     assert clip.frames.shape == (8, 64, 64, 3)
     with pytest.raises(ValueError, match="at least 8 frames"):
         generate_split(tmp_path / "c", 2, frames=4)
+
+
+def test_captions_describe_the_ground_truth(tmp_path):
+    records = generate_split(tmp_path, 10, frames=16, seed=11, write_videos=False)
+    rows = [json.loads(x) for x in open(tmp_path / "captions.jsonl")]
+    assert [r["id"] for r in rows] == [r.id for r in records]
+    for rec, row in zip(records, rows):
+        human, gpt = row["conversations"]
+        assert human["value"] == "<video>\nDescribe the video." and row["video"] == rec.video
+        t, cap = rec.extra["truth"], gpt["value"]
+        want = {"direction": lambda: cap.endswith(f"moves {t['direction']}") and rec.question.split()[4] in cap,
+                "order": lambda: cap == f"the {t['first']} appears then the {t['second']}",
+                "count": lambda: cap.endswith(f"flashes {['one', 'two', 'three', 'four'][t['count'] - 1]} times"),
+                "state": lambda: cap.endswith(f"is {t['start']} then {t['end']}"),
+                "recall": lambda: cap == f"the {t['first']} is shown first"}[rec.task_type]
+        assert want(), (rec.task_type, cap, t)

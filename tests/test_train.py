@@ -26,7 +26,8 @@ def _config(tmp_path, split, **over):
         "output_dir": str(tmp_path / "run"),
         "data": {"train": [str(split / "annotations.jsonl")], "num_frames": 8, "open_ended_ratio": 0.5},
         "model": {"init": "tiny", "tiny": TINY, "storm": {"temporal_pool": 2, "mamba_head_dim": 16}},
-        "stages": [{"name": "align", "train": "projector", "steps": 3, "lr": 3e-3},
+        "stages": [{"name": "align", "train": "projector", "steps": 3, "lr": 3e-3,
+                    "data": [str(split / "captions.jsonl")]},
                    {"name": "sft", "train": "all", "steps": 5, "lr": 3e-3}],
         "batch_size": 4, "save_every": 2, "warmup_steps": 1,
     }
@@ -45,6 +46,19 @@ def test_loss_falls_and_stages_freeze(tmp_path, split):
     losses = [json.loads(line)["loss"] for line in open(tmp_path / "run" / "log.jsonl")]
     assert sum(losses[-2:]) / 2 < 0.7 * losses[0]
     assert (final / "config.json").is_file() and (final / "tokenizer.json").is_file()
+
+
+def test_stages_read_their_own_data(tmp_path, split):
+    t = Trainer(load_train_config(_config(tmp_path, split)), progress=False)
+    captions, qa = (t.samples_for(st) for st in t.cfg.stages)
+    assert len(captions) == len(qa) == 12
+    assert all(s.options is None and s.question == "Describe the video." for s in captions)
+    assert all(s.options and s.answer in "ABCD" for s in qa)
+    # Both sets decode the same videos: one shared frame cache.
+    a, b = t.dataset(t.cfg.stages[0], 8), t.dataset(t.cfg.stages[1], 8)
+    a[0], b[0], b[1]
+    assert a.cache is b.cache and len(a.cache) == 2
+    assert t.processor.tokenizer.unk_token_id not in t.processor.tokenizer(captions[1].answer)["input_ids"]
 
 
 def test_alignment_stage_trains_only_projector_and_encoder(tmp_path, split):

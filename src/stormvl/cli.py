@@ -110,7 +110,8 @@ def cmd_eval(a):
                     "model": os.path.abspath(a.model) if a.model else "embedded-default", "num_frames": frames,
                     "temporal_sample": a.temporal_sample or c.temporal_sample, "temporal_pool": c.temporal_pool,
                     "spatial_pool": c.spatial_pool, "use_temporal_encoder": c.use_temporal_encoder,
-                    "visual_tokens": c.tokens_per_video(frames, a.temporal_sample), "processes": world}
+                    "visual_tokens": c.tokens_per_video(frames, a.temporal_sample), "choice_mode": c.choice_mode,
+                    "processes": world}
         summary = merge(a.out, records, settings)
         print(format_summary(summary))
         print(f"summary: {os.path.join(a.out, 'summary.json')}", file=sys.stderr)

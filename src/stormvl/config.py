@@ -34,6 +34,8 @@ class StormConfig(PretrainedConfig):
         image_mean=(0.5, 0.5, 0.5),
         image_std=(0.5, 0.5, 0.5),
         vision_batch_size: int = 32,         # frames per vision-tower call, bounds memory
+        video_position: str = "before",      # the video placeholder before or after the question text
+        choice_mode: str = "generate",       # multiple choice: "generate" a letter, or rank options by "likelihood"
         **kwargs,
     ):
         if isinstance(vision_config, dict):
@@ -67,6 +69,8 @@ class StormConfig(PretrainedConfig):
         self.image_mean = list(image_mean)
         self.image_std = list(image_std)
         self.vision_batch_size = vision_batch_size
+        self.video_position = video_position
+        self.choice_mode = choice_mode
         super().__init__(**kwargs)
         self.validate()
 
@@ -76,6 +80,8 @@ class StormConfig(PretrainedConfig):
                 raise ValueError(f"bad StormConfig: {msg}")
 
         need(self.projector_type in ("linear", "mlp"), f"projector_type must be 'linear' or 'mlp', not {self.projector_type!r}")
+        need(self.video_position in ("before", "after"), f"video_position must be 'before' or 'after', not {self.video_position!r}")
+        need(self.choice_mode in ("generate", "likelihood"), f"choice_mode must be 'generate' or 'likelihood', not {self.choice_mode!r}")
         need(self.temporal_merge in ("add", "concat"), f"temporal_merge must be 'add' or 'concat', not {self.temporal_merge!r}")
         for name in ("downsample", "temporal_layers", "temporal_pool", "spatial_pool", "temporal_sample",
                      "num_frames", "vision_batch_size", "mamba_state_size", "mamba_expand",
@@ -108,3 +114,7 @@ class StormConfig(PretrainedConfig):
             num_frames or self.num_frames, self.grid_size, self.temporal_pool, self.spatial_pool,
             temporal_sample or self.temporal_sample,
         )
+
+
+# Registered so transformers' Auto* loaders (AutoTokenizer reads config.json too) know the type.
+AutoConfig.register("storm", StormConfig, exist_ok=True)

@@ -51,6 +51,11 @@ class StormPipeline:
                progress: bool = False) -> Answer:
         n = self.config.num_frames if num_frames is None else num_frames
         clip = video if isinstance(video, VideoClip) else load_video(video, n, fps=fps, max_frames=n, progress=progress)
+        if options and self.config.choice_mode == "likelihood":
+            letter, text = self._rank_options(clip, question, options, temporal_sample)
+            return Answer(text=text, letter=letter, num_frames=len(clip.frames),
+                          visual_tokens=self.config.tokens_per_video(len(clip.frames), temporal_sample),
+                          timestamps=[round(float(t), 3) for t in clip.timestamps])
         batch = self.processor([clip.frames], [self.processor.prompt_text(question, options)],
                                temporal_sample=temporal_sample)
         batch = {k: v.to(self.device) for k, v in batch.items()}
@@ -61,6 +66,36 @@ class StormPipeline:
                       num_frames=len(clip.frames),
                       visual_tokens=self.config.tokens_per_video(len(clip.frames), temporal_sample),
                       timestamps=[round(float(t), 3) for t in clip.timestamps])
+
+
+    @torch.no_grad()
+    def option_scores(self, clip: VideoClip, question: str, options: list[str], temporal_sample=None,
+                      return_greedy: bool = False):
+        """Log-probability of each option (its tokens and the end of the answer) as the reply to
+        the open question: the video is encoded once and shared by every option's sequence. With
+        `return_greedy`, also whether greedy decoding would have produced each option."""
+        prompt = self.processor.prompt_text(question)
+        batch = self.processor([clip.frames] * len(options), [prompt] * len(options), answers=list(options),
+                               temporal_sample=temporal_sample)
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        feats = self.model.encode_videos(batch["pixel_values_videos"][:1], temporal_sample)[0]
+        emb = self.model.embed(batch["input_ids"], temporal_sample=temporal_sample,
+                               video_features=feats.repeat(len(options), 1))
+        logits = self.model(inputs_embeds=emb, attention_mask=batch["attention_mask"]).logits[:, :-1]
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # half-precision models
+        labels = batch["labels"][:, 1:]
+        keep = labels != -100
+        lp = logits.log_softmax(-1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
+        scores = (lp * keep).sum(1).cpu()
+        if not return_greedy:
+            return scores
+        greedy = ((logits.argmax(-1) == labels) | ~keep).all(1).cpu()
+        return scores, greedy
+
+    def _rank_options(self, clip, question, options, temporal_sample):
+        best = int(self.option_scores(clip, question, options, temporal_sample).argmax())
+        letter = string.ascii_uppercase[best]
+        return letter, f"{letter}. {options[best]}"
 
 
 def load(path: str | os.PathLike | None = None, device: str | None = None, dtype=None) -> StormPipeline:

@@ -52,7 +52,10 @@ class StormProcessor:
     def prompt_text(self, question: str, options: list[str] | None = None) -> str:
         """Chat-formatted prompt with the video placeholder first, ready for the answer."""
         body = format_mc_question(question, options) if options else question.strip()
-        content = f"{self.config.video_token}\n{body}"
+        # "after" suits small LMs trained from scratch: with the video last, each frame's distance
+        # to the answer (all RoPE lets attention see) no longer depends on the question's length.
+        video = self.config.video_token
+        content = f"{video}\n{body}" if getattr(self.config, "video_position", "before") == "before" else f"{body}\n{video}"
         if getattr(self.tokenizer, "chat_template", None):
             return self.tokenizer.apply_chat_template(
                 [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)

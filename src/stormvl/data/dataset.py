@@ -66,18 +66,19 @@ def read_training_samples(files, video_root=None) -> list[Sample]:
 
 class VideoQADataset(Dataset):
     """Decodes each video once per frame count and keeps the frames (small training sets; for
-    large ones set `cache=False`). Undecodable videos are dropped with a warning."""
+    large ones set `cache=False`). Datasets over the same videos (a caption set and a QA set) can
+    share one `cache` dict. Undecodable videos are dropped with a warning."""
 
-    def __init__(self, samples: list[Sample], num_frames: int, cache: bool = True):
+    def __init__(self, samples: list[Sample], num_frames: int, cache: bool | dict = True):
         self.samples = samples
         self.num_frames = num_frames
-        self.cache = {} if cache else None
+        self.cache = cache if isinstance(cache, dict) else ({} if cache else None)
 
     def __len__(self):
         return len(self.samples)
 
     def frames(self, i) -> np.ndarray:
-        key = (i, self.num_frames)
+        key = (self.samples[i].video, self.num_frames)
         if self.cache is not None and key in self.cache:
             return self.cache[key]
         f = load_video(self.samples[i].video, self.num_frames).frames

@@ -30,6 +30,7 @@ TASKS = ["direction", "order", "count", "state", "recall"]
 SIZE = 64
 BG = (16, 16, 24)
 FPS = 8
+CAPTION_PROMPT = "Describe the video."
 
 
 def _mask(shape: str, r: int) -> np.ndarray:
@@ -68,7 +69,8 @@ def _options(rng, correct, pool):
 
 
 def make_sample(rng: random.Random, task: str, n: int):
-    """Returns (frames (n, 64, 64, 3) uint8, question, options, answer letter, ground truth dict)."""
+    """Returns (frames (n, 64, 64, 3) uint8, question, options, answer letter, ground truth dict
+    with a one-line caption of what happens)."""
     f = _blank(n)
     colors = list(COLORS)
     if task == "direction":
@@ -82,7 +84,7 @@ def make_sample(rng: random.Random, task: str, n: int):
             draw(f[t], shape, color, *pos)
         q = f"Which direction does the {color} {shape} move?"
         opts, ans = _options(rng, d, DIRECTIONS)
-        truth = {"direction": d}
+        truth = {"direction": d, "caption": f"the {color} {shape} moves {d}"}
     elif task == "order":
         (s1, c1), (s2, c2) = rng.sample([(s, c) for s in SHAPES for c in colors], 2)
         while s1 == s2 or c1 == c2:
@@ -105,7 +107,8 @@ def make_sample(rng: random.Random, task: str, n: int):
         opts = [first, second, *sorted(distract)]
         rng.shuffle(opts)
         ans = "ABCD"[opts.index(first)]
-        truth = {"first": first, "second": second, "t1": t1, "t2": t2}
+        truth = {"first": first, "second": second, "t1": t1, "t2": t2,
+                 "caption": f"the {first} appears then the {second}"}
     elif task == "count":
         shape, color = rng.choice(SHAPES), rng.choice(colors)
         k = rng.randint(1, 4)
@@ -119,7 +122,7 @@ def make_sample(rng: random.Random, task: str, n: int):
                 draw(f[t], shape, color, *pos)
         q = f"How many times does the {color} {shape} flash?"
         opts, ans = _options(rng, COUNTS[k - 1], COUNTS)
-        truth = {"count": k, "starts": starts}
+        truth = {"count": k, "starts": starts, "caption": f"the {color} {shape} flashes {COUNTS[k - 1]} times"}
     elif task == "state":
         shape = rng.choice(SHAPES)
         c_start, c_end = rng.sample(colors, 2)
@@ -134,7 +137,7 @@ def make_sample(rng: random.Random, task: str, n: int):
         opts = [correct, c_end if when == "start" else c_start, *rng.sample(distract, 2)]
         rng.shuffle(opts)
         ans = "ABCD"[opts.index(correct)]
-        truth = {"start": c_start, "end": c_end, "change": change}
+        truth = {"start": c_start, "end": c_end, "change": change, "caption": f"the {shape} is {c_start} then {c_end}"}
     elif task == "recall":
         shapes = rng.sample(SHAPES, 4)
         color = rng.choice(colors)
@@ -151,7 +154,7 @@ def make_sample(rng: random.Random, task: str, n: int):
                 draw(f[t], s, color, *p)
         q = "Which shape was shown at the beginning of the video?"
         opts, ans = _options(rng, first, SHAPES)
-        truth = {"first": first}
+        truth = {"first": first, "caption": f"the {first} is shown first"}
     else:
         raise ValueError(f"unknown synthetic task {task!r}; choose from {TASKS}")
     return f, q, opts, ans, truth
@@ -165,15 +168,17 @@ def vocabulary() -> list[str]:
     texts = [
         "Which direction does the move ?", "Which shape appears first ?", "How many times does the flash ?",
         "What color is the at the start end of the video ?", "Which shape was shown at the beginning of the video ?",
-        MC_INSTRUCTION, "user : assistant : . , ( ) answer is",
+        MC_INSTRUCTION, CAPTION_PROMPT, "user : assistant : . , ( ) answer is appears then flashes times moves shown first",
     ]
     return sorted(words), texts
 
 
 def generate_split(out_dir, num: int, frames: int = 16, seed: int = 0, tasks=TASKS, write_videos: bool = True,
                    progress: bool = False) -> list[MCRecord]:
-    """Write `num` samples (videos/*.mp4 plus annotations.jsonl) into `out_dir`; tasks cycle so
-    every type gets an equal share. Existing complete videos are kept (reruns resume)."""
+    """Write `num` samples into `out_dir`: videos/*.mp4, annotations.jsonl (multiple-choice
+    records) and captions.jsonl (LLaVA-style "describe the video" conversations, the perception
+    data of the alignment stage). Tasks cycle so every type gets an equal share. Existing complete
+    videos are kept (reruns resume)."""
     from ..video import write_video
 
     if frames < 8:
@@ -197,4 +202,8 @@ def generate_split(out_dir, num: int, frames: int = 16, seed: int = 0, tasks=TAS
         records.append(MCRecord(id=vid, video=f"videos/{vid}.mp4", question=q, options=opts, answer=ans,
                                 task_type=task, duration=frames / FPS, extra={"truth": truth, "seed": seed}))
     write_jsonl(out / "annotations.jsonl", records)
+    write_jsonl(out / "captions.jsonl", [
+        {"id": r.id, "video": r.video,
+         "conversations": [{"from": "human", "value": f"<video>\n{CAPTION_PROMPT}"},
+                           {"from": "gpt", "value": r.extra["truth"]["caption"]}]} for r in records])
     return records

@@ -9,8 +9,8 @@ Running through this module registers the model under the name "stormvl" before 
 own command line starts (all arguments are passed through). Multi-process runs work as usual:
 `accelerate launch -m stormvl.evaluation.lmms_eval_adapter ...`.
 
-The adapter only answers `generate_until` (multiple-choice video tasks are generation tasks in
-lmms-eval); `loglikelihood` is not supported.
+`generate_until` answers generation tasks (most multiple-choice video tasks in lmms-eval);
+`loglikelihood` scores a continuation with the same option scoring as `choice_mode="likelihood"`.
 """
 from __future__ import annotations
 
@@ -62,8 +62,22 @@ class StormLMMS(_Base):
             out.append(self._respond(context, visuals, dict(gen_kwargs or {})))
         return out
 
-    def loglikelihood(self, requests):
-        raise NotImplementedError("stormvl's lmms-eval adapter supports generation tasks only")
+    def loglikelihood(self, requests) -> list[tuple[float, bool]]:
+        """(log-probability of the continuation, whether greedy decoding gives it) per request,
+        for lmms-eval's likelihood-scored multiple-choice tasks."""
+        from ..video import load_video
+
+        out = []
+        for req in requests:
+            context, continuation, doc_to_visual, doc_id, task, split = req.args
+            visuals = [v for v in (doc_to_visual(self.task_dict[task][split][doc_id]) or []) if isinstance(v, str)]
+            if not visuals:
+                raise ValueError(f"{task} doc {doc_id}: stormvl needs a video for loglikelihood requests")
+            clip = load_video(visuals[0], self.num_frames or self.pipe.config.num_frames)
+            score, greedy = self.pipe.option_scores(clip, context, [continuation], self.temporal_sample,
+                                                    return_greedy=True)
+            out.append((float(score[0]), bool(greedy[0])))
+        return out
 
     def generate_until_multi_round(self, requests):
         raise NotImplementedError("multi-round generation is not supported")

@@ -97,15 +97,18 @@ class StormForConditionalGeneration(StormPreTrainedModel):
                 out.append((i, x[j].reshape(-1, x.shape[-1])))
         return [x for _, x in sorted(out, key=lambda p: p[0])]
 
-    def embed(self, input_ids, pixel_values_videos=None, temporal_sample=None):
+    def embed(self, input_ids, pixel_values_videos=None, temporal_sample=None, video_features=None):
+        """Token embeddings with the video placeholders filled. `video_features` (tokens, D), from
+        `encode_videos`, lets several prompts about one video share a single encoding."""
         vid = self.config.video_token_id
         mask = input_ids == vid
         emb = self.get_input_embeddings()(input_ids.masked_fill(mask, 0))
-        if pixel_values_videos is None:
+        if pixel_values_videos is None and video_features is None:
             if mask.any():
                 raise ValueError("the prompt has video tokens but no video was given")
             return emb
-        feats = torch.cat(self.encode_videos(pixel_values_videos, temporal_sample))
+        feats = video_features if video_features is not None else \
+            torch.cat(self.encode_videos(pixel_values_videos, temporal_sample))
         n = int(mask.sum())
         if n != feats.shape[0]:
             raise ValueError(

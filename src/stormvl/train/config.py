@@ -39,6 +39,7 @@ class StageConfig:
     lr: float = 1e-3
     num_frames: int | None = None   # default: data.num_frames
     temporal_pool: int | None = None  # switch pooling on for this stage (e.g. the long-video stage)
+    data: list[str] | None = None   # this stage's annotation files (default: data.train)
 
 
 @dataclass
@@ -128,6 +129,11 @@ def load_train_config(path) -> TrainConfig:
         return p if p is None or Path(p).is_absolute() else str((path.parent / p).resolve())
 
     cfg.data.train = [rel(p) for p in cfg.data.train]
+    for stage in cfg.stages:
+        if isinstance(stage.data, str):
+            stage.data = [stage.data]
+        if stage.data is not None:
+            stage.data = [rel(p) for p in stage.data]
     cfg.output_dir = rel(cfg.output_dir) if "output_dir" in data else cfg.output_dir
     cfg.data.video_root = rel(cfg.data.video_root)
     return cfg.validate()

@@ -94,7 +94,10 @@ class Trainer:
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         self.progress = progress and self.rank == 0
         self.out = Path(cfg.output_dir)
-        self.samples = read_training_samples(cfg.data.train, cfg.data.video_root)
+        # Each stage reads its own files (stage.data) or data.train; a file list is read once.
+        self._samples: dict[tuple, list] = {}
+        for stage in cfg.stages:
+            self.samples_for(stage)
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
@@ -103,20 +106,28 @@ class Trainer:
             self.model = StormForConditionalGeneration.from_pretrained(self.resume_from)
             self.processor = StormProcessor.from_pretrained(self.resume_from, self.model.config)
         else:
-            self.model, self.processor = build_model(cfg, self.samples)
+            self.model, self.processor = build_model(cfg, [s for ss in self._samples.values() for s in ss])
         self.model.to(self.device)
-        self.datasets: dict[int, VideoQADataset] = {}
+        self.datasets: dict[tuple, VideoQADataset] = {}
+        self._frame_cache: dict = {}
 
     # -- data ----------------------------------------------------------------------------------
-    def dataset(self, frames: int) -> VideoQADataset:
-        if frames not in self.datasets:
-            self.datasets[frames] = VideoQADataset(self.samples, frames)
-        return self.datasets[frames]
+    def samples_for(self, stage):
+        files = tuple(stage.data or self.cfg.data.train)
+        if files not in self._samples:
+            self._samples[files] = read_training_samples(files, self.cfg.data.video_root)
+        return self._samples[files]
+
+    def dataset(self, stage, frames: int) -> VideoQADataset:
+        key = (tuple(stage.data or self.cfg.data.train), frames)
+        if key not in self.datasets:
+            self.datasets[key] = VideoQADataset(self.samples_for(stage), frames, cache=self._frame_cache)
+        return self.datasets[key]
 
     def batch_indices(self, stage_idx: int, step: int) -> list[tuple[int, bool]]:
         """This rank's (sample index, open-ended?) pairs for one step: a fresh permutation per pass
         over the data."""
-        n, b = len(self.samples), self.cfg.batch_size
+        n, b = len(self.samples_for(self.cfg.stages[stage_idx])), self.cfg.batch_size
         per_step = b * self.world
         start = step * per_step + self.rank * b
         out = []
@@ -214,7 +225,7 @@ class Trainer:
                 opt.load_state_dict(state["optimizer"])
                 sched.load_state_dict(state["scheduler"])
                 torch.set_rng_state(state["torch_rng"])
-            ds = self.dataset(frames)
+            ds = self.dataset(stage, frames)
             bar = None
             if self.progress:
                 from tqdm import tqdm
