@@ -4,6 +4,9 @@
   (b) STORM temporal encoder + temporal pooling 4x
   (c) no temporal encoder, no pooling                 (4x the LLM visual tokens)
   (d) model (b) on twice the frames with test-time temporal sampling 2x
+and two controls for (d) on the same 2x-frame clips: (b) reading all 2x frames unsampled (2x the
+LLM visual tokens it was trained on), and (b) decoding only half the frames (sampling before the
+encoder instead of after it).
 
     python benchmarks/ablation_synthetic.py [--train-videos 6000] [--out runs/ablation] [--jobs 2]
 
@@ -30,7 +33,9 @@ VARIANTS = {
     "c": {"use_temporal_encoder": False, "projector_type": "mlp", "temporal_pool": 1},
 }
 LABELS = {"a": "(a) no encoder + T.pool 4x", "b": "(b) STORM + T.pool 4x", "c": "(c) no encoder, no pooling",
-          "d": "(d) STORM + T.pool 4x + T.sample 2x on 2x frames"}
+          "d": "(d) STORM + T.pool 4x + T.sample 2x on 2x frames",
+          "d1": "control: (b) on 2x frames, no sampling",
+          "d2": "control: (b) decoding 1x frames of the 2x clips"}
 
 
 def run(cmd):
@@ -83,7 +88,8 @@ def main():
         if any(p.wait() != 0 for p in procs):
             sys.exit("a training run failed")
     evals = {"a": ("a", frames, 1, heldout), "b": ("b", frames, 1, heldout), "c": ("c", frames, 1, heldout),
-             "d": ("b", 2 * frames, 2, heldout2)}
+             "d": ("b", 2 * frames, 2, heldout2), "d1": ("b", 2 * frames, 1, heldout2),
+             "d2": ("b", frames, 1, heldout2)}
     for key, (model, n, s, split) in evals.items():
         eo = out / f"eval_{key}"
         run([sys.executable, "-m", "stormvl.cli", "eval", "--benchmark", "synthetic", "--annotations",
