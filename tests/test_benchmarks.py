@@ -119,3 +119,42 @@ def test_lmms_eval_adapter_loglikelihood(tmp_path, tiny_tokenizer):
     first = m.pipe.answer(clip, "what happens ?", max_new_tokens=4).text
     for (s, g), cont in zip(got, ["red", "blue square"]):
         assert g == (first == cont)
+
+
+def test_lmms_eval_resolves_and_runs_the_adapter(tmp_path, tiny_tokenizer):
+    """Against the real lmms-eval (skipped where it is not installed; its full install needs
+    torchvision, which pulls a CUDA torch, so CI does not have it): the entry point makes
+    "stormvl" resolvable by lmms-eval's model registry, the class is a real `lmms`, and real
+    `Instance` requests get answers."""
+    pytest.importorskip("lmms_eval.api.model")
+    import numpy as np
+    import torch
+    from lmms_eval.api.instance import Instance
+    from lmms_eval.api.model import lmms
+    from lmms_eval.models.registry_v2 import ModelRegistryV2
+
+    from stormvl import StormForConditionalGeneration, StormProcessor
+    from stormvl.tiny import tiny_config
+    from stormvl.video import write_video
+
+    registry = ModelRegistryV2()
+    registry.load_entrypoint_manifests()
+    cls = registry.get_model_class("stormvl")
+    assert issubclass(cls, lmms)
+
+    torch.manual_seed(0)
+    cfg = tiny_config(tiny_tokenizer, temporal_pool=2, num_frames=8)
+    StormForConditionalGeneration(cfg).save_pretrained(tmp_path / "m")
+    StormProcessor(tiny_tokenizer, cfg).save_pretrained(tmp_path / "m")
+    write_video(tmp_path / "v.mp4", np.random.default_rng(1).integers(0, 255, (8, 32, 32, 3), dtype=np.uint8), fps=4)
+    model = cls.create_from_arg_string(f"pretrained={tmp_path / 'm'},num_frames=8")
+    model.task_dict = {"t": {"test": {0: {"video": str(tmp_path / "v.mp4")}}}}
+    meta = {"task": "t", "doc_id": 0, "repeats": 1}
+    visual = lambda doc: [doc["video"]]  # noqa: E731
+    gen = Instance("generate_until", ("what happens ?", {"max_new_tokens": 3}, visual, 0, "t", "test"), 0, meta)
+    ll = [Instance("loglikelihood", ("what happens ?", c, visual, 0, "t", "test"), i, meta)
+          for i, c in enumerate(["red", "blue square"])]
+    [text] = model.generate_until([gen])
+    assert isinstance(text, str) and text
+    scores = model.loglikelihood(ll)
+    assert len(scores) == 2 and all(s < 0 and isinstance(g, bool) for s, g in scores)

@@ -1,7 +1,30 @@
 import json
 
+import torch
+
 from stormvl.cli import main
-from stormvl.evaluation.efficiency import bench_config, llm_prefill_flops, run_bench, temporal_flops, vision_flops
+from stormvl.evaluation.efficiency import (PeakMemory, bench_config, llm_prefill_flops, run_bench, temporal_flops,
+                                           vision_flops)
+
+
+def test_peak_memory_counts_live_tensors_exactly():
+    mib = 2 ** 20
+    keep = torch.ones(mib // 4)  # allocated before the block: not counted
+    with PeakMemory(torch.device("cpu")) as mem:
+        a = torch.zeros(2 * mib // 4)      # 2 MiB live
+        b = a + 1                          # 4 MiB live
+        v = b[:10]                         # a view: no new storage
+        w = keep.view(2, -1).t()           # a view of a tensor made before the block: nothing
+        del a
+        c = torch.zeros(3 * mib // 4)      # 2 + 3 = 5 MiB live: the peak
+        del b, v, w, c
+        d = torch.zeros(mib // 4)          # 1 MiB: below the peak
+    assert mem.peak == 5 * mib
+    # A second block after the memory was freed still sees its own allocations (RSS would not).
+    with PeakMemory(torch.device("cpu")) as again:
+        e = keep * 2
+    assert again.peak == mib
+    del d, e
 
 
 def test_bench_rows_token_counts_and_ratios():
@@ -15,6 +38,7 @@ def test_bench_rows_token_counts_and_ratios():
     assert by["baseline"]["gflops"]["temporal"] == 0 and by["storm"]["gflops"]["temporal"] > 0
     for r in rows:
         assert r["ttft_s"] > 0 and r["seconds"]["per_token"] > 0 and 0 <= r["temporal_share"] < 1
+        assert r["peak_mem_mib"] > 0
 
 
 def test_flop_formulas_scale_as_expected():

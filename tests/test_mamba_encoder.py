@@ -3,7 +3,9 @@ import math
 import pytest
 import torch
 
-from stormvl.models.mamba import Mamba2Mixer
+import torch.nn.functional as F
+
+from stormvl.models.mamba import Mamba2Mixer, causal_depthwise_conv
 from stormvl.models.temporal_encoder import TemporalEncoder
 from stormvl.models.token_reduction import (reduce_tokens, reduced_token_count, spatial_pool, temporal_pool,
                                             temporal_sample)
@@ -29,6 +31,19 @@ def test_mixer_matches_transformers_mamba2():
     assert ref.abs().max().item() > 1e-2
 
 
+@pytest.mark.parametrize("k,l", [(4, 37), (4, 2), (3, 1), (1, 5)])
+def test_causal_depthwise_conv_matches_conv1d(k, l):
+    torch.manual_seed(3)
+    c = 6
+    x = torch.randn(2, l, c, dtype=torch.float64)
+    history = torch.randn(2, k - 1, c, dtype=torch.float64)
+    w, b = torch.randn(c, 1, k, dtype=torch.float64), torch.randn(c, dtype=torch.float64)
+    ref = F.conv1d(F.pad(x.transpose(1, 2), (k - 1, 0)), w, b, groups=c).transpose(1, 2)
+    assert torch.allclose(causal_depthwise_conv(x, w, b), ref, atol=1e-13)
+    ref_h = F.conv1d(torch.cat([history, x], 1).transpose(1, 2), w, None, groups=c).transpose(1, 2)
+    assert torch.allclose(causal_depthwise_conv(x, w, None, history), ref_h, atol=1e-13)
+
+
 def test_mixer_streaming_state():
     torch.manual_seed(1)
     m = Mamba2Mixer(16, state_size=8, head_dim=8, chunk_size=8).double()
@@ -37,6 +52,12 @@ def test_mixer_streaming_state():
     a, s = m(x[:, :11], return_state=True)
     b, _ = m(x[:, 11:], state=s, return_state=True)
     assert torch.allclose(torch.cat([a, b], 1), whole, atol=1e-12)
+    # Pieces shorter than the conv kernel carry its history across more than one call.
+    outs, s = [], None
+    for lo, hi in [(0, 1), (1, 3), (3, 4), (4, 30)]:
+        o, s = m(x[:, lo:hi], state=s, return_state=True)
+        outs.append(o)
+    assert torch.allclose(torch.cat(outs, 1), whole, atol=1e-12)
 
 
 def _encoder(bidirectional, merge="add"):

@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import threading
 import time
 from dataclasses import dataclass
 
 import torch
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from ..config import StormConfig
 from ..models.storm import StormForConditionalGeneration
@@ -50,7 +52,7 @@ def bench_config(setting: str, size: str = "cpu") -> StormConfig:
         text_config=dict(model_type="qwen2", max_position_embeddings=32768, **text),
         video_token_id=text["vocab_size"] - 1, use_temporal_encoder=enc, projector_type=proj,
         temporal_pool=kt, spatial_pool=ks, temporal_sample=s, temporal_layers=1, mamba_head_dim=64,
-        mamba_state_size=64, mamba_chunk_size=128,
+        mamba_state_size=64, mamba_chunk_size=64,
     )
 
 
@@ -95,43 +97,67 @@ def llm_prefill_flops(cfg: StormConfig, tokens: int) -> float:
 
 
 # -- measurement ----------------------------------------------------------------------------------
-class PeakRSS:
-    """Peak resident memory above the starting level, sampled every 2 ms (CPU); on CUDA the
-    allocator's own peak."""
+class PeakMemory:
+    """Peak memory of the tensors allocated inside the block, above what was live when it began.
+
+    On CUDA that is the caching allocator's own peak. On CPU, resident-set size cannot give it:
+    glibc keeps freed pages, so a run after a larger one reuses them and reads as ~0 MiB. Instead a
+    dispatch mode sees every aten op's outputs and tallies live storages (a storage counts until
+    the last tensor using it is freed), which is the CPU analogue of the CUDA figure at op
+    granularity (kernels' internal scratch buffers are not seen)."""
 
     def __init__(self, device):
         self.device = device
+        self.peak = 0
 
     def __enter__(self):
         if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             self.base = torch.cuda.memory_allocated(self.device)
             return self
-        import psutil
-
-        self.proc = psutil.Process()
-        self.base = self.peak = self.proc.memory_info().rss
-        self.stop = False
-
-        def poll():
-            while not self.stop:
-                self.peak = max(self.peak, self.proc.memory_info().rss)
-                time.sleep(0.002)
-
-        self.thread = threading.Thread(target=poll, daemon=True)
-        self.thread.start()
+        self.mode = _LiveStorageTally()
+        self.mode.__enter__()
         return self
 
     def __exit__(self, *exc):
         if self.device.type == "cuda":
-            self.peak = torch.cuda.max_memory_allocated(self.device)
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device) - self.base
         else:
-            self.stop = True
-            self.thread.join()
+            self.mode.__exit__(*exc)
+            self.peak = self.mode.peak
 
     @property
     def mib(self):
-        return (self.peak - self.base) / 2 ** 20
+        return self.peak / 2 ** 20
+
+
+class _LiveStorageTally(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.live = {}  # data_ptr -> (weak ref to the storage, bytes)
+        self.current = self.peak = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        # Storages freed since the last op no longer count; this op's inputs are still alive.
+        for key, (ref, nbytes) in list(self.live.items()):
+            if ref.expired():
+                del self.live[key]
+                self.current -= nbytes
+        # An output sharing an input's storage (a view, an in-place op) allocated nothing; this
+        # also keeps views of tensors made before the block (weights) out of the tally.
+        inputs = {a.untyped_storage().data_ptr() for a in tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)}
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.device.type == "cpu":
+                st = t.untyped_storage()
+                key = st.data_ptr()
+                if key and key not in self.live and key not in inputs:
+                    self.live[key] = (StorageWeakRef(st), st.nbytes())
+                    self.current += st.nbytes()
+        self.peak = max(self.peak, self.current)
+        return out
 
 
 def _sync(device):
@@ -171,7 +197,8 @@ def time_once(model: StormForConditionalGeneration, pixel, prompt_tokens: int, n
     emb = torch.cat([red.to(text.dtype), text], 1)
     _sync(device)
     t3 = clock()
-    out = model.language_model(inputs_embeds=emb, use_cache=True)
+    # Logits for the last position only, as `generate` computes them in prefill.
+    out = model.language_model(inputs_embeds=emb, use_cache=True, logits_to_keep=1)
     nxt = out.logits[:, -1].argmax(-1, keepdim=True)
     _sync(device)
     t4 = clock()
@@ -223,7 +250,7 @@ def run_bench(frame_counts=(32, 64, 128), settings=tuple(SETTINGS), size="cpu", 
             times = []
             for _ in range(repeats):
                 times.append(time_once(m, pixel, prompt_tokens, new_tokens, device))
-            with PeakRSS(device) as mem:
+            with PeakMemory(device) as mem:
                 time_once(m, pixel, prompt_tokens, new_tokens, device)
             med = {k: statistics.median(getattr(t, k) for t in times)
                    for k in ("vision", "temporal", "reduction", "prefill", "per_token")}
@@ -236,7 +263,7 @@ def run_bench(frame_counts=(32, 64, 128), settings=tuple(SETTINGS), size="cpu", 
                          "seconds": {k: round(v, 4) for k, v in med.items()}, "ttft_s": round(ttft, 4),
                          "decode_s": None if t_decode is None else round(t_decode, 4),
                          "temporal_share": round(med["temporal"] / (ttft + new_tokens * med["per_token"]), 4),
-                         "peak_mem_mib": round(mem.mib, 1)})
+                         "peak_mem_mib": round(mem.mib, 3)})
             if bar is not None:
                 bar.update(1)
     if bar is not None:

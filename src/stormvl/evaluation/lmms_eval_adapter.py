@@ -1,13 +1,15 @@
 """lmms-eval model adapter: evaluate a stormvl model with lmms-eval's task definitions.
 
     pip install lmms-eval
-    python -m stormvl.evaluation.lmms_eval_adapter --model stormvl \\
+    python -m lmms_eval --model stormvl \\
         --model_args pretrained=/path/to/storm,num_frames=32,temporal_sample=2 \\
         --tasks videomme,mlvu_dev --batch_size 1 --output_path logs/
 
-Running through this module registers the model under the name "stormvl" before lmms-eval's
-own command line starts (all arguments are passed through). Multi-process runs work as usual:
-`accelerate launch -m stormvl.evaluation.lmms_eval_adapter ...`.
+lmms-eval 0.7 finds the model through the "lmms_eval.models" entry point that stormvl's
+pyproject declares (`lmms_eval_manifest` below). Older releases, which look models up in their
+`register_model` registry instead, get it by running this module in place of `lmms_eval`:
+`python -m stormvl.evaluation.lmms_eval_adapter --model stormvl ...` (all arguments pass through).
+Multi-process runs work as usual: `accelerate launch -m lmms_eval ...`.
 
 `generate_until` answers generation tasks (most multiple-choice video tasks in lmms-eval);
 `loglikelihood` scores a continuation with the same option scoring as `choice_mode="likelihood"`.
@@ -39,6 +41,7 @@ class StormLMMS(_Base):
         self.temporal_sample = int(temporal_sample) if temporal_sample else None
         self.batch_size_per_gpu = int(batch_size)
         self.task_dict = getattr(self, "task_dict", {})
+        self._last_clip = (None, None)
 
     def _respond(self, context: str, visuals, gen_kwargs: dict) -> str:
         videos = [v for v in (visuals or []) if isinstance(v, str)]
@@ -73,7 +76,10 @@ class StormLMMS(_Base):
             visuals = [v for v in (doc_to_visual(self.task_dict[task][split][doc_id]) or []) if isinstance(v, str)]
             if not visuals:
                 raise ValueError(f"{task} doc {doc_id}: stormvl needs a video for loglikelihood requests")
-            clip = load_video(visuals[0], self.num_frames or self.pipe.config.num_frames)
+            key = (visuals[0], self.num_frames or self.pipe.config.num_frames)
+            if self._last_clip[0] != key:  # one request per option of the same video: decode once
+                self._last_clip = (key, load_video(*key))
+            clip = self._last_clip[1]
             score, greedy = self.pipe.option_scores(clip, context, [continuation], self.temporal_sample,
                                                     return_greedy=True)
             out.append((float(score[0]), bool(greedy[0])))
@@ -81,6 +87,13 @@ class StormLMMS(_Base):
 
     def generate_until_multi_round(self, requests):
         raise NotImplementedError("multi-round generation is not supported")
+
+
+def lmms_eval_manifest():
+    """The "lmms_eval.models" entry point's payload (read by lmms-eval's model registry)."""
+    from lmms_eval.models.registry_v2 import ModelManifest
+
+    return ModelManifest(model_id="stormvl", simple_class_path=f"{__name__}.StormLMMS")
 
 
 def main():

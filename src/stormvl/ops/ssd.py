@@ -113,9 +113,11 @@ def ssd_scan_chunked(x, dt, A, B, C, D=None, *, chunk_size=64, initial_state=Non
     xdt = xs * dts[..., None]
 
     # 1) intra-chunk: y_i += sum_{j<=i} (C_i . B_j) exp(acum_i - acum_j) dt_j x_j
-    seg = acum[..., :, None] - acum[..., None, :]                           # b c g r Q Q
-    causal = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril()
-    scores = (Cs @ Bs.transpose(-1, -2)) * torch.exp(seg.masked_fill(~causal, float("-inf")))
+    # The causal mask is added as -inf above the diagonal (exp -> 0): a broadcast add is ~2x
+    # faster on CPU than masked_fill with a broadcast bool mask, and its gradient there is 0.
+    above = torch.full((Q, Q), float("-inf"), dtype=acum.dtype, device=x.device).triu_(1)
+    decay = torch.exp((acum[..., :, None] - acum[..., None, :]).add_(above))  # b c g r Q Q
+    scores = (Cs @ Bs.transpose(-1, -2)) * decay
     y = scores @ xdt                                                        # b c g r Q p
 
     # 2) each chunk's contribution to the state at its end: sum_j exp(acum_Q - acum_j) dt_j x_j B_j^T
