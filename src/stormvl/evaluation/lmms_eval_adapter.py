@@ -20,10 +20,11 @@ import sys
 
 try:  # lmms-eval is optional; without it the class below still works on plain request tuples
     from lmms_eval.api.model import lmms as _Base
-    from lmms_eval.api.registry import register_model as _register
-except Exception:  # pragma: no cover - exercised when lmms-eval is installed
+except Exception:
     _Base = object
-
+try:  # the older registry (it imports `evaluate`); lmms-eval 0.7 uses the entry point instead
+    from lmms_eval.api.registry import register_model as _register
+except Exception:
     def _register(*names):
         return lambda cls: cls
 
