@@ -229,7 +229,14 @@ def run_bench(frame_counts=(32, 64, 128), settings=tuple(SETTINGS), size="cpu", 
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(frame_counts) * len(settings), desc="bench", unit="run")
+        bar = tqdm(total=len(frame_counts) * len(settings) * (warmup + repeats + 1), desc="bench", unit="pass")
+
+    def once(s, pixel):
+        t = time_once(models[s], pixel, prompt_tokens, new_tokens, device)
+        if bar is not None:
+            bar.update(1)
+        return t
+
     for T in frame_counts:
         t_decode = None
         if video is not None:
@@ -243,18 +250,22 @@ def run_bench(frame_counts=(32, 64, 128), settings=tuple(SETTINGS), size="cpu", 
             pixel = torch.randn(T, 3, S, S)
         pixel = pixel.to(device=device, dtype=dtype)
         for s in settings:
+            for _ in range(warmup):
+                once(s, pixel)
+        # Repeats go round the settings, so a slow spell on a shared machine hits all of them
+        # alike instead of skewing one setting's median (the ratios are what matter).
+        times = {s: [] for s in settings}
+        for _ in range(repeats):
+            for s in settings:
+                times[s].append(once(s, pixel))
+        for s in settings:
             m = models[s]
             cfg = m.config
-            for _ in range(warmup):
-                time_once(m, pixel, prompt_tokens, new_tokens, device)
-            times = []
-            for _ in range(repeats):
-                times.append(time_once(m, pixel, prompt_tokens, new_tokens, device))
             with PeakMemory(device) as mem:
-                time_once(m, pixel, prompt_tokens, new_tokens, device)
-            med = {k: statistics.median(getattr(t, k) for t in times)
+                once(s, pixel)
+            med = {k: statistics.median(getattr(t, k) for t in times[s])
                    for k in ("vision", "temporal", "reduction", "prefill", "per_token")}
-            ttft = statistics.median(t.ttft for t in times)
+            ttft = statistics.median(t.ttft for t in times[s])
             vis_tokens = cfg.tokens_per_video(T)
             flops = {"vision": vision_flops(cfg, T) + projector_flops(cfg, T), "temporal": temporal_flops(cfg, T),
                      "llm_prefill": llm_prefill_flops(cfg, vis_tokens + prompt_tokens)}
@@ -264,8 +275,6 @@ def run_bench(frame_counts=(32, 64, 128), settings=tuple(SETTINGS), size="cpu", 
                          "decode_s": None if t_decode is None else round(t_decode, 4),
                          "temporal_share": round(med["temporal"] / (ttft + new_tokens * med["per_token"]), 4),
                          "peak_mem_mib": round(mem.mib, 3)})
-            if bar is not None:
-                bar.update(1)
     if bar is not None:
         bar.close()
     for r in rows:  # ratios against the baseline of the same frame count, same run
