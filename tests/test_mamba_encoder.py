@@ -2,7 +2,6 @@ import math
 
 import pytest
 import torch
-
 import torch.nn.functional as F
 
 from stormvl.models.mamba import Mamba2Mixer, causal_depthwise_conv
