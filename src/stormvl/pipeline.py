@@ -52,21 +52,20 @@ class StormPipeline:
         n = self.config.num_frames if num_frames is None else num_frames
         clip = video if isinstance(video, VideoClip) else load_video(video, n, fps=fps, max_frames=n, progress=progress)
         if options and self.config.choice_mode == "likelihood":
-            letter, text = self._rank_options(clip, question, options, temporal_sample)
-            return Answer(text=text, letter=letter, num_frames=len(clip.frames),
-                          visual_tokens=self.config.tokens_per_video(len(clip.frames), temporal_sample),
-                          timestamps=[round(float(t), 3) for t in clip.timestamps])
-        batch = self.processor([clip.frames], [self.processor.prompt_text(question, options)],
-                               temporal_sample=temporal_sample)
-        batch = {k: v.to(self.device) for k, v in batch.items()}
-        out = self.model.generate(**batch, temporal_sample=temporal_sample, max_new_tokens=max_new_tokens,
-                                  do_sample=False)
-        text = self.processor.decode(out[0])
-        return Answer(text=text, letter=parse_letter(text, len(options)) if options else None,
-                      num_frames=len(clip.frames),
+            best = int(self.option_scores(clip, question, options, temporal_sample).argmax())
+            letter = string.ascii_uppercase[best]
+            text = f"{letter}. {options[best]}"
+        else:
+            batch = self.processor([clip.frames], [self.processor.prompt_text(question, options)],
+                                   temporal_sample=temporal_sample)
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            out = self.model.generate(**batch, temporal_sample=temporal_sample, max_new_tokens=max_new_tokens,
+                                      do_sample=False)
+            text = self.processor.decode(out[0])
+            letter = parse_letter(text, len(options)) if options else None
+        return Answer(text=text, letter=letter, num_frames=len(clip.frames),
                       visual_tokens=self.config.tokens_per_video(len(clip.frames), temporal_sample),
                       timestamps=[round(float(t), 3) for t in clip.timestamps])
-
 
     @torch.no_grad()
     def option_scores(self, clip: VideoClip, question: str, options: list[str], temporal_sample=None,
@@ -75,10 +74,11 @@ class StormPipeline:
         the open question: the video is encoded once and shared by every option's sequence. With
         `return_greedy`, also whether greedy decoding would have produced each option."""
         prompt = self.processor.prompt_text(question)
-        batch = self.processor([clip.frames] * len(options), [prompt] * len(options), answers=list(options),
+        pixel = self.processor.preprocess(clip.frames)  # once; the batch below only needs token ids
+        batch = self.processor([pixel] * len(options), [prompt] * len(options), answers=list(options),
                                temporal_sample=temporal_sample)
-        batch = {k: v.to(self.device) for k, v in batch.items()}
-        feats = self.model.encode_videos(batch["pixel_values_videos"][:1], temporal_sample)[0]
+        batch = {k: v.to(self.device) for k, v in batch.items() if k != "pixel_values_videos"}
+        feats = self.model.encode_videos(pixel[None].to(self.device), temporal_sample)[0]
         emb = self.model.embed(batch["input_ids"], temporal_sample=temporal_sample,
                                video_features=feats.repeat(len(options), 1))
         logits = self.model(inputs_embeds=emb, attention_mask=batch["attention_mask"]).logits[:, :-1]
@@ -91,11 +91,6 @@ class StormPipeline:
             return scores
         greedy = ((logits.argmax(-1) == labels) | ~keep).all(1).cpu()
         return scores, greedy
-
-    def _rank_options(self, clip, question, options, temporal_sample):
-        best = int(self.option_scores(clip, question, options, temporal_sample).argmax())
-        letter = string.ascii_uppercase[best]
-        return letter, f"{letter}. {options[best]}"
 
 
 def load(path: str | os.PathLike | None = None, device: str | None = None, dtype=None) -> StormPipeline:

@@ -55,7 +55,7 @@ class StormProcessor:
         # "after" suits small LMs trained from scratch: with the video last, each frame's distance
         # to the answer (all RoPE lets attention see) no longer depends on the question's length.
         video = self.config.video_token
-        content = f"{video}\n{body}" if getattr(self.config, "video_position", "before") == "before" else f"{body}\n{video}"
+        content = f"{video}\n{body}" if self.config.video_position == "before" else f"{body}\n{video}"
         if getattr(self.tokenizer, "chat_template", None):
             return self.tokenizer.apply_chat_template(
                 [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)

@@ -114,7 +114,7 @@ class Mamba2Mixer(nn.Module):
         b, l, _ = hidden_states.shape
         z, xBC, dt = self.in_proj(hidden_states).split([self.d_inner, self.conv_dim, self.num_heads], dim=-1)
         history = None if state is None else state.conv.transpose(1, 2)
-        conv_in = xBC
+        conv_in = xBC  # before the conv: its last (kernel - 1) rows are the next clip's history
         xBC = F.silu(causal_depthwise_conv(xBC, self.conv1d.weight, self.conv1d.bias, history))
         x, B, C = xBC.split([self.d_inner, self.n_groups * self.state_size, self.n_groups * self.state_size], dim=-1)
         # The scan runs in at least float32 (bf16 cumulative decays drift); float64 stays float64.
@@ -133,9 +133,8 @@ class Mamba2Mixer(nn.Module):
         if not return_state:
             return out
         k = self.conv_kernel - 1
-        if history is not None:
-            conv_in = torch.cat([history.to(conv_in.dtype), conv_in], dim=1)
-        if conv_in.shape[1] < k:
-            conv_in = F.pad(conv_in, (0, 0, k - conv_in.shape[1], 0))
-        conv_state = conv_in[:, conv_in.shape[1] - k:].transpose(1, 2)
+        prev = history if history is not None else conv_in.new_zeros(b, k, self.conv_dim)
+        # Only the tail is needed: concatenating the whole clip would copy it for three rows.
+        tail = torch.cat([prev.to(conv_in.dtype), conv_in[:, max(0, l - k):]], dim=1)
+        conv_state = tail[:, tail.shape[1] - k:].transpose(1, 2)
         return out, MambaState(conv=conv_state.detach(), ssm=ssm_state.detach())

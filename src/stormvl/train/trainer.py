@@ -112,14 +112,17 @@ class Trainer:
         self._frame_cache: dict = {}
 
     # -- data ----------------------------------------------------------------------------------
+    def _files(self, stage) -> tuple:
+        return tuple(stage.data or self.cfg.data.train)
+
     def samples_for(self, stage):
-        files = tuple(stage.data or self.cfg.data.train)
+        files = self._files(stage)
         if files not in self._samples:
             self._samples[files] = read_training_samples(files, self.cfg.data.video_root)
         return self._samples[files]
 
     def dataset(self, stage, frames: int) -> VideoQADataset:
-        key = (tuple(stage.data or self.cfg.data.train), frames)
+        key = (self._files(stage), frames)
         if key not in self.datasets:
             self.datasets[key] = VideoQADataset(self.samples_for(stage), frames, cache=self._frame_cache)
         return self.datasets[key]
