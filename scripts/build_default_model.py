@@ -19,10 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_example(path):
-    from stormvl.data.synthetic import FPS, _blank, draw
+    from stormvl.data.synthetic import FPS, blank_frames, draw
     from stormvl.video import write_video
 
-    f = _blank(16)
+    f = blank_frames(16)
     for t in range(16):
         draw(f[t], "square", "red", 12 + 40 * t / 15, 30)
     write_video(path, f, fps=FPS)

@@ -8,7 +8,7 @@ torch.set_num_threads(2)
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     from stormvl.data.synthetic import vocabulary
-    from stormvl.tiny import build_word_tokenizer
+    from stormvl.testing import build_word_tokenizer
 
     words, texts = vocabulary()
     return build_word_tokenizer(texts + ["what happens ?"], words)

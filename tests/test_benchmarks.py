@@ -3,8 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from stormvl.evaluation.benchmarks import BenchmarkFormatError, read_benchmark
-from stormvl.pipeline import parse_letter
+from stormvl.errors import BenchmarkFormatError
+from stormvl.evaluation.readers import read_benchmark
+from stormvl.processing import parse_letter
 
 FIX = Path(__file__).parent / "fixtures"
 
@@ -94,7 +95,7 @@ def test_lmms_eval_adapter_loglikelihood(tmp_path, tiny_tokenizer):
 
     from stormvl import StormForConditionalGeneration, StormProcessor
     from stormvl.evaluation.lmms_eval_adapter import StormLMMS
-    from stormvl.tiny import tiny_config
+    from stormvl.testing import TinySize, tiny_config
     from stormvl.video import load_video, write_video
 
     torch.manual_seed(0)
@@ -134,7 +135,7 @@ def test_lmms_eval_resolves_and_runs_the_adapter(tmp_path, tiny_tokenizer):
     from lmms_eval.models.registry_v2 import ModelRegistryV2
 
     from stormvl import StormForConditionalGeneration, StormProcessor
-    from stormvl.tiny import tiny_config
+    from stormvl.testing import TinySize, tiny_config
     from stormvl.video import write_video
 
     registry = ModelRegistryV2()

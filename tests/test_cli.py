@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from stormvl.cli import main
-from stormvl.data.synthetic import FPS, _blank, draw, generate_split
+from stormvl.data.synthetic import FPS, blank_frames, draw, generate_split
 from stormvl.video import write_video
 
 pytestmark = pytest.mark.skipif(not os.path.isfile(os.path.join(os.path.dirname(__file__), "..", "src", "stormvl",
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(not os.path.isfile(os.path.join(os.path.dirname(
 
 
 def _moving_clip(path, direction, color="green", shape="circle"):
-    f = _blank(16)
+    f = blank_frames(16)
     for t in range(16):
         p = 12 + 40 * t / 15
         pos = {"right": (p, 32), "left": (64 - p, 32), "down": (32, p), "up": (32, 64 - p)}[direction]

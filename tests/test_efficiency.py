@@ -3,8 +3,10 @@ import json
 import torch
 
 from stormvl.cli import main
-from stormvl.evaluation.efficiency import (PeakMemory, bench_config, llm_prefill_flops, run_bench, temporal_flops,
-                                           vision_flops)
+from stormvl.bench.flops import llm_prefill_flops, temporal_flops, vision_flops
+from stormvl.bench.memory import PeakMemory
+from stormvl.bench.run import run_bench
+from stormvl.bench.settings import bench_config
 
 
 def test_peak_memory_counts_live_tensors_exactly():

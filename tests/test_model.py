@@ -3,14 +3,15 @@ import pytest
 import torch
 
 from stormvl import StormConfig, StormForConditionalGeneration, StormProcessor
-from stormvl.tiny import tiny_config
+from stormvl.errors import InputError
+from stormvl.testing import TinySize, tiny_config
 
 FRAMES = np.random.default_rng(0).integers(0, 255, (8, 40, 40, 3), dtype=np.uint8)
 
 
 def _model(tok, llm="qwen2", **kw):
     torch.manual_seed(0)
-    cfg = tiny_config(tok, llm, **kw)
+    cfg = tiny_config(tok, TinySize(llm=llm), **kw)
     return StormForConditionalGeneration(cfg).eval(), StormProcessor(tok, cfg)
 
 
@@ -31,17 +32,18 @@ def test_placeholder_expands_to_reduced_token_count(tiny_tokenizer, kt, ks, s):
     grid = model.config.grid_size  # 32 px / patch 4 = 8x8 patches -> 4x4 after pixel shuffle
     assert grid == (4, 4)
     assert n_video == -(-(-(-8 // kt)) // s) * (16 // ks // ks) == model.config.tokens_per_video(8, s)
-    feats = model.encode_videos(batch["pixel_values_videos"], temporal_sample=s)
+    feats = model.get_video_features(batch["pixel_values_videos"], temporal_sample=s)
     assert feats[0].shape == (n_video, model.config.text_config.hidden_size)
     with torch.no_grad():
-        model(**batch, temporal_sample=s)  # shapes line up end to end
+        model(**batch)  # the batch carries its sampling stride: shapes line up end to end
 
 
 def test_mismatched_prompt_is_an_error(tiny_tokenizer):
     model, proc = _model(tiny_tokenizer, temporal_pool=2)
     batch = proc([FRAMES], [proc.prompt_text("what happens ?")])  # built for s=1
-    with pytest.raises(ValueError, match="video tokens"):
-        model(**batch, temporal_sample=2)
+    batch["temporal_sample"] = 2  # a hand-built batch that disagrees with its own prompt
+    with pytest.raises(InputError, match="the prompt has 64 video tokens but the video gives 32"):
+        model(**batch)
 
 
 def test_loss_only_on_answer_tokens_and_gradients(tiny_tokenizer):
@@ -96,7 +98,7 @@ def test_save_load_round_trip(tiny_tokenizer, tmp_path):
 def test_from_parts_loads_local_backbones(tiny_tokenizer, tmp_path):
     from transformers import AutoModelForCausalLM, SiglipVisionConfig, SiglipVisionModel
 
-    cfg = tiny_config(tiny_tokenizer, "llama")
+    cfg = tiny_config(tiny_tokenizer, TinySize(llm="llama"))
     vision = SiglipVisionModel(SiglipVisionConfig(**{k: v for k, v in cfg.vision_config.to_dict().items()
                                                      if k in ("hidden_size", "intermediate_size", "num_hidden_layers",
                                                               "num_attention_heads", "image_size", "patch_size")}))

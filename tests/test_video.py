@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
 
-from stormvl.video import VideoError, load_video, probe, sample_indices, write_video
+from stormvl.errors import VideoError
+from stormvl.frame_plan import uniform_indices as sample_indices
+from stormvl.video import load_video, probe, write_video
 
 
 def _index_of(frame):

@@ -1,7 +1,8 @@
-"""`stormvl` command: answer, synth, train, eval.
+"""`stormvl` command: answer, synth, train, eval, bench.
 
-Every user-facing failure (bad video, bad config, missing file) ends as one line on stderr and
-exit status 2; tracebacks are for bugs.
+Every error a user can cause (a `StormError`: bad video, bad config, missing file) ends as one
+line on stderr and exit status 2; anything else is a bug and keeps its traceback. torch and
+transformers are imported inside the commands, so `stormvl --help` stays fast.
 """
 from __future__ import annotations
 
@@ -11,9 +12,7 @@ import os
 import sys
 import warnings
 
-
-class UsageError(Exception):
-    pass
+from .errors import InputError, StormError
 
 
 def _quiet_transformers():
@@ -25,24 +24,23 @@ def _quiet_transformers():
 
 
 def _load_pipeline(path):
-    from .pipeline import DEFAULT_MODEL, load
+    from .pipeline import load
 
-    if path is not None and not os.path.isdir(path):
-        raise UsageError(f"{path}: model folder not found")
-    return load(path or DEFAULT_MODEL)
+    return load(path)
 
 
 def cmd_answer(a):
-    from .video import MAX_FRAMES, probe
+    from .frame_plan import MAX_FRAMES
+    from .video import probe
 
     _quiet_transformers()
     info = probe(a.video)  # fail fast, before loading the model
     pipe = _load_pipeline(a.model)
     frames = a.frames if a.frames is not None else pipe.config.num_frames
     if not 1 <= frames <= MAX_FRAMES:
-        raise UsageError(f"{a.video}: num_frames must be an integer in [1, {MAX_FRAMES}], got {frames}")
+        raise InputError(f"{a.video}: num_frames must be an integer in [1, {MAX_FRAMES}], got {frames}")
     if a.temporal_sample is not None and a.temporal_sample < 1:
-        raise UsageError(f"--temporal-sample must be >= 1, got {a.temporal_sample}")
+        raise InputError(f"--temporal-sample must be >= 1, got {a.temporal_sample}")
     options = a.options or None
     if not a.json:
         print(f"{a.video}: {info.duration:.1f} s, {info.num_frames} frames; sampling {frames} -> "
@@ -64,9 +62,9 @@ def cmd_synth(a):
     tasks = a.tasks.split(",") if a.tasks else TASKS
     bad = [t for t in tasks if t not in TASKS]
     if bad:
-        raise UsageError(f"unknown task type(s) {bad}; choose from {TASKS}")
+        raise InputError(f"unknown task type(s) {bad}; choose from {TASKS}")
     if a.num < 1:
-        raise UsageError("--num must be >= 1")
+        raise InputError("--num must be >= 1")
     recs = generate_split(a.out, a.num, a.frames, a.seed, tasks=tasks, progress=True)
     print(f"wrote {len(recs)} samples to {a.out}/annotations.jsonl", file=sys.stderr)
 
@@ -87,7 +85,7 @@ def cmd_train(a):
 def cmd_eval(a):
     import torch.distributed as dist
 
-    from .evaluation.benchmarks import read_benchmark
+    from .evaluation.readers import read_benchmark
     from .evaluation.runner import evaluate, format_summary, merge
 
     _quiet_transformers()
@@ -122,17 +120,19 @@ def cmd_eval(a):
 def cmd_bench(a):
     import torch
 
-    from .evaluation.efficiency import SETTINGS, run_bench, write_outputs
+    from .bench.report import write_outputs
+    from .bench.run import run_bench
+    from .bench.settings import SETTINGS
 
     _quiet_transformers()
     settings = a.settings.split(",") if a.settings else list(SETTINGS)
     bad = [s for s in settings if s not in SETTINGS]
     if bad:
-        raise UsageError(f"unknown setting(s) {bad}; choose from {list(SETTINGS)}")
+        raise InputError(f"unknown setting(s) {bad}; choose from {list(SETTINGS)}")
     if "baseline" not in settings:
         settings.insert(0, "baseline")
     if any(f < 1 or f > 4096 for f in a.frames):
-        raise UsageError("--frames values must be in [1, 4096]")
+        raise InputError("--frames values must be in [1, 4096]")
     if a.video:
         from .video import probe
 
@@ -201,14 +201,11 @@ def build_parser():
 
 
 def main(argv=None):
-    from .train.config import ConfigError
-    from .video import VideoError
-
     args = build_parser().parse_args(argv)
     warnings.filterwarnings("ignore", category=FutureWarning)
     try:
         args.fn(args)
-    except (VideoError, ConfigError, UsageError, FileNotFoundError, ValueError) as e:
+    except StormError as e:
         msg = str(e).splitlines()[0] if str(e) else e.__class__.__name__
         print(f"stormvl: error: {msg}", file=sys.stderr)
         return 2

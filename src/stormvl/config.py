@@ -1,100 +1,143 @@
 """StormConfig: one saved record of everything that shapes what the LLM sees, so evaluation reads
-the same frame count, pooling and preprocessing that training used."""
+the same frame count, pooling and preprocessing that training used.
+
+`FIELDS` below is the one place each setting is documented: its default, its group, and when it
+may change. "fixed" settings shape the weights (change them and the checkpoint no longer fits);
+"training" settings may change between training stages (the long-video stage switches temporal
+pooling on) but a trained model should be run as it was trained; "any" settings may change at
+test time too.
+"""
+
 from __future__ import annotations
 
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
 from transformers import AutoConfig, PretrainedConfig, SiglipVisionConfig
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Field:
+    default: Any
+    group: str  # vision | temporal encoder | reduction | prompting | preprocessing
+    changes: str  # "fixed" | "training" | "any": when the value may change (module docstring)
+    doc: str
+    choices: tuple | None = None
+
+
+POSITIVE_INT = "an integer >= 1"
+
+FIELDS: dict[str, Field] = {
+    # -- vision ------------------------------------------------------------------------------------
+    "vision_config": Field(None, "vision", "fixed", "The vision tower's transformers config (SigLIP by default)."),
+    "text_config": Field(None, "vision", "fixed", "The causal LM's transformers config (Qwen2 by default)."),
+    "projector_type": Field(
+        "linear", "vision", "fixed", "'linear' (STORM) or 'mlp' (VILA's two-layer projector, the baseline).",
+        ("linear", "mlp"),
+    ),
+    "downsample": Field(2, "vision", "fixed", "Pixel-shuffle factor before the projector: 2 makes 2x2 patches one token."),
+    "vision_batch_size": Field(32, "vision", "any", "Frames per vision-tower call; bounds memory, not results."),
+    # -- temporal encoder --------------------------------------------------------------------------
+    "use_temporal_encoder": Field(True, "temporal encoder", "fixed", "False is the VILA baseline in the same code path."),
+    "temporal_layers": Field(2, "temporal encoder", "fixed", "Mamba layers L (the paper does not give L)."),
+    "temporal_bidirectional": Field(
+        True, "temporal encoder", "fixed", "Scan both ways (the paper's default); False streams (Table 7)."
+    ),
+    "temporal_merge": Field(
+        "add", "temporal encoder", "fixed", "How the two scan directions combine: 'add', or 'concat' + Linear.",
+        ("add", "concat"),
+    ),
+    "mamba_state_size": Field(64, "temporal encoder", "fixed", "SSM state size n per head."),
+    "mamba_expand": Field(2, "temporal encoder", "fixed", "Inner width = expand * LLM width."),
+    "mamba_head_dim": Field(64, "temporal encoder", "fixed", "Channels per Mamba-2 head."),
+    "mamba_n_groups": Field(1, "temporal encoder", "fixed", "Groups of B/C shared by consecutive heads."),
+    "mamba_conv_kernel": Field(4, "temporal encoder", "fixed", "Width of the causal depthwise conv."),
+    "mamba_chunk_size": Field(64, "temporal encoder", "any", "Chunk length of the chunked scan; speed only."),
+    # -- reduction ---------------------------------------------------------------------------------
+    "temporal_pool": Field(1, "reduction", "training", "k_t: average every k_t consecutive encoded frames."),
+    "spatial_pool": Field(1, "reduction", "training", "k_s: average k_s x k_s tokens of each frame's grid."),
+    "temporal_sample": Field(1, "reduction", "any", "s: keep every s-th frame after pooling (training-free)."),
+    "num_frames": Field(32, "reduction", "any", "Frames sampled uniformly from a video when none are asked for."),
+    # -- prompting ---------------------------------------------------------------------------------
+    "video_token": Field("<video>", "prompting", "fixed", "The placeholder token the processor expands."),
+    "video_token_id": Field(None, "prompting", "fixed", "Its id in the tokenizer (filled in by the processor)."),
+    "video_position": Field(
+        "before", "prompting", "training", "The video 'before' the question (LLaVA's convention) or 'after' it.",
+        ("before", "after"),
+    ),
+    "choice_mode": Field(
+        "generate", "prompting", "any",
+        "Multiple choice: 'generate' a letter, or rank the options by 'likelihood' (one encoding for all).",
+        ("generate", "likelihood"),
+    ),
+    # -- preprocessing -----------------------------------------------------------------------------
+    "image_mean": Field((0.5, 0.5, 0.5), "preprocessing", "fixed", "Per-channel mean the vision tower was trained with."),
+    "image_std": Field((0.5, 0.5, 0.5), "preprocessing", "fixed", "Per-channel std the vision tower was trained with."),
+}
+
+# Keys transformers itself writes into config.json or passes to a config's constructor. They vary a
+# little by transformers release, so the bare base config is asked rather than a list kept here.
+_BASE_KEYS = (
+    set(inspect.signature(PretrainedConfig.__init__).parameters)
+    | set(PretrainedConfig().to_dict())
+    | {"torch_dtype", "_commit_hash", "_attn_implementation_autoset", "attn_implementation", "name_or_path"}
+) - {"self", "kwargs"}
+
+
+def _field_docs() -> str:
+    lines, group = [], None
+    for name, f in FIELDS.items():
+        if f.group != group:
+            group = f.group
+            lines.append(f"\n    {group}:")
+        lines.append(f"      {name} (default {f.default!r}; changes: {f.changes}): {f.doc}")
+    return "\n".join(lines)
 
 
 class StormConfig(PretrainedConfig):
     model_type = "storm"
     sub_configs = {"vision_config": AutoConfig, "text_config": AutoConfig}
 
-    def __init__(
-        self,
-        vision_config=None,
-        text_config=None,
-        video_token: str = "<video>",
-        video_token_id: int | None = None,
-        projector_type: str = "linear",      # "linear" (STORM) or "mlp" (VILA baseline)
-        downsample: int = 2,                 # pixel-shuffle factor before the projector
-        use_temporal_encoder: bool = True,   # False = the VILA baseline in the same code path
-        temporal_layers: int = 2,
-        temporal_bidirectional: bool = True,
-        temporal_merge: str = "add",
-        mamba_state_size: int = 64,
-        mamba_expand: int = 2,
-        mamba_head_dim: int = 64,
-        mamba_n_groups: int = 1,
-        mamba_conv_kernel: int = 4,
-        mamba_chunk_size: int = 64,
-        temporal_pool: int = 1,              # k_t, training-based
-        spatial_pool: int = 1,               # k_s, training-based
-        temporal_sample: int = 1,            # s, test-time only
-        num_frames: int = 32,
-        image_mean=(0.5, 0.5, 0.5),
-        image_std=(0.5, 0.5, 0.5),
-        vision_batch_size: int = 32,         # frames per vision-tower call, bounds memory
-        video_position: str = "before",      # the video placeholder before or after the question text
-        choice_mode: str = "generate",       # multiple choice: "generate" a letter, or rank options by "likelihood"
-        **kwargs,
-    ):
-        if isinstance(vision_config, dict):
-            vision_config = dict(vision_config)
-            vision_config = AutoConfig.for_model(vision_config.pop("model_type", "siglip_vision_model"), **vision_config)
-        self.vision_config = vision_config if vision_config is not None else SiglipVisionConfig()
-        if isinstance(text_config, dict):
-            text_config = dict(text_config)
-            text_config = AutoConfig.for_model(text_config.pop("model_type", "qwen2"), **text_config)
-        if text_config is None:
-            text_config = AutoConfig.for_model("qwen2")
-        self.text_config = text_config
-        self.video_token = video_token
-        self.video_token_id = video_token_id
-        self.projector_type = projector_type
-        self.downsample = downsample
-        self.use_temporal_encoder = use_temporal_encoder
-        self.temporal_layers = temporal_layers
-        self.temporal_bidirectional = temporal_bidirectional
-        self.temporal_merge = temporal_merge
-        self.mamba_state_size = mamba_state_size
-        self.mamba_expand = mamba_expand
-        self.mamba_head_dim = mamba_head_dim
-        self.mamba_n_groups = mamba_n_groups
-        self.mamba_conv_kernel = mamba_conv_kernel
-        self.mamba_chunk_size = mamba_chunk_size
-        self.temporal_pool = temporal_pool
-        self.spatial_pool = spatial_pool
-        self.temporal_sample = temporal_sample
-        self.num_frames = num_frames
-        self.image_mean = list(image_mean)
-        self.image_std = list(image_std)
-        self.vision_batch_size = vision_batch_size
-        self.video_position = video_position
-        self.choice_mode = choice_mode
+    def __init__(self, **kwargs):
+        unknown = sorted(set(kwargs) - set(FIELDS) - _BASE_KEYS)
+        if unknown:
+            raise ConfigError(f"StormConfig: unknown key(s) {unknown}; known: {sorted(FIELDS)}")
+        for name, f in FIELDS.items():
+            if name not in ("vision_config", "text_config"):
+                value = kwargs.pop(name, f.default)
+                setattr(self, name, list(value) if isinstance(value, tuple) else value)
+        self.vision_config = _sub_config(kwargs.pop("vision_config", None), "siglip_vision_model")
+        self.text_config = _sub_config(kwargs.pop("text_config", None), "qwen2")
         super().__init__(**kwargs)
         self.validate()
 
     def validate(self):
-        def need(ok, msg):
-            if not ok:
-                raise ValueError(f"bad StormConfig: {msg}")
-
-        need(self.projector_type in ("linear", "mlp"), f"projector_type must be 'linear' or 'mlp', not {self.projector_type!r}")
-        need(self.video_position in ("before", "after"), f"video_position must be 'before' or 'after', not {self.video_position!r}")
-        need(self.choice_mode in ("generate", "likelihood"), f"choice_mode must be 'generate' or 'likelihood', not {self.choice_mode!r}")
-        need(self.temporal_merge in ("add", "concat"), f"temporal_merge must be 'add' or 'concat', not {self.temporal_merge!r}")
-        for name in ("downsample", "temporal_layers", "temporal_pool", "spatial_pool", "temporal_sample",
-                     "num_frames", "vision_batch_size", "mamba_state_size", "mamba_expand",
-                     "mamba_head_dim", "mamba_n_groups", "mamba_conv_kernel", "mamba_chunk_size"):
-            v = getattr(self, name)
-            need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"{name} must be an integer >= 1, got {v!r}")
+        for name in FIELDS:
+            check_field(name, getattr(self, name))
         d = self.text_config.hidden_size
-        if self.use_temporal_encoder:
-            need((self.mamba_expand * d) % self.mamba_head_dim == 0,
-                 f"mamba_expand*hidden_size ({self.mamba_expand * d}) must divide by mamba_head_dim ({self.mamba_head_dim})")
+        if self.use_temporal_encoder and (self.mamba_expand * d) % self.mamba_head_dim:
+            raise ConfigError(
+                f"bad StormConfig: mamba_expand*hidden_size ({self.mamba_expand * d}) must divide by "
+                f"mamba_head_dim ({self.mamba_head_dim})"
+            )
         grid = self.grid_size
-        need(grid[0] % self.spatial_pool == 0, f"token grid {grid} not divisible by spatial_pool={self.spatial_pool}")
-        need(len(self.image_mean) == 3 and len(self.image_std) == 3, "image_mean and image_std need 3 values")
+        if grid[0] % self.spatial_pool:
+            raise ConfigError(f"bad StormConfig: token grid {grid} not divisible by spatial_pool={self.spatial_pool}")
+        return self
+
+    def with_overrides(self, overrides: dict, allow_fixed: bool = False, where: str = "StormConfig") -> StormConfig:
+        """Apply `overrides` in place, refusing unknown keys and, unless `allow_fixed`, keys that
+        the weights depend on; then validate."""
+        check_overrides(overrides, where)
+        fixed = sorted(k for k in overrides if FIELDS[k].changes == "fixed")
+        if fixed and not allow_fixed:
+            raise ConfigError(f"{where}: {fixed} shape the weights and cannot change on a trained model")
+        for k, v in overrides.items():
+            setattr(self, k, v)
+        return self.validate()
 
     @property
     def patch_grid(self) -> int:
@@ -108,12 +151,67 @@ class StormConfig(PretrainedConfig):
         return (g, g)
 
     def tokens_per_video(self, num_frames: int | None = None, temporal_sample: int | None = None) -> int:
+        """Visual tokens the LLM reads for one video. The processor asks this to size the prompt;
+        the model's reducer produces exactly this many, and the model checks it."""
         from .models.token_reduction import reduced_token_count
 
         return reduced_token_count(
-            num_frames or self.num_frames, self.grid_size, self.temporal_pool, self.spatial_pool,
+            num_frames or self.num_frames,
+            self.grid_size,
+            self.temporal_pool,
+            self.spatial_pool,
             temporal_sample or self.temporal_sample,
         )
+
+
+StormConfig.__doc__ = f"""Configuration of a STORM model; every field, grouped:
+{_field_docs()}
+"""
+
+
+def check_field(name: str, v, where: str = "bad StormConfig") -> None:
+    """One field's type and range, from its entry in FIELDS."""
+    f = FIELDS[name]
+    if f.choices is not None:
+        ok, want = v in f.choices, f"one of {list(f.choices)}"
+    elif isinstance(f.default, bool):
+        ok, want = isinstance(v, bool), "true or false"
+    elif isinstance(f.default, int):
+        ok, want = isinstance(v, int) and not isinstance(v, bool) and v >= 1, POSITIVE_INT
+    elif isinstance(f.default, tuple):
+        ok = isinstance(v, (list, tuple)) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v)
+        want = "3 numbers"
+    elif isinstance(f.default, str):
+        ok, want = isinstance(v, str) and bool(v), "a non-empty string"
+    else:
+        return  # sub-configs and the token id: checked where they are built
+    if not ok:
+        raise ConfigError(f"{where}: {name} must be {want}, got {v!r}")
+
+
+def check_overrides(overrides, where: str) -> None:
+    """Keys and values of a dict of StormConfig overrides (a training config's `model.storm`)."""
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(overrides).__name__}")
+    unknown = sorted(set(overrides) - set(FIELDS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(FIELDS)}")
+    for k, v in overrides.items():
+        check_field(k, v, where)
+
+
+def _sub_config(value, default_type: str):
+    if value is None:
+        return SiglipVisionConfig() if default_type == "siglip_vision_model" else AutoConfig.for_model(default_type)
+    if isinstance(value, dict):
+        value = dict(value)
+        try:
+            return AutoConfig.for_model(value.pop("model_type", default_type), **value)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"bad StormConfig sub-config: {str(e).splitlines()[0]}") from None
+    if not isinstance(value, PretrainedConfig):
+        raise ConfigError(f"bad StormConfig: expected a config or a mapping, got {type(value).__name__}")
+    return value
 
 
 # Registered so transformers' Auto* loaders (AutoTokenizer reads config.json too) know the type.

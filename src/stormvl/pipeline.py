@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 import os
-import re
-import string
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .config import StormConfig
+from .errors import ModelFolderError
 from .models.storm import StormForConditionalGeneration
-from .processing import StormProcessor
+from .processing import OPTION_LETTERS, StormProcessor, check_options, move_batch, parse_letter
 from .video import VideoClip, load_video
 
 DEFAULT_MODEL = Path(__file__).parent / "default_model"
@@ -24,16 +23,6 @@ class Answer:
     num_frames: int
     visual_tokens: int
     timestamps: list[float]
-
-
-def parse_letter(text: str, num_options: int = 4) -> str | None:
-    """The option letter in a free-form reply: "B", "(B)", "B.", "The answer is B", "b) cat"."""
-    letters = string.ascii_uppercase[:max(1, num_options)]
-    t = text.strip()
-    m = re.match(rf"^\(?([{letters}])(?:[\s\.\):,]|$)", t, flags=re.I) \
-        or re.search(rf"answer(?: is|:)?\s*\(?([{letters}])\b", t, flags=re.I) \
-        or re.search(rf"\b([{letters}])\b", t)
-    return m.group(1).upper() if m else None
 
 
 class StormPipeline:
@@ -50,17 +39,16 @@ class StormPipeline:
                fps: float | None = None, temporal_sample: int | None = None, max_new_tokens: int = 32,
                progress: bool = False) -> Answer:
         n = self.config.num_frames if num_frames is None else num_frames
+        check_options(options)
         clip = video if isinstance(video, VideoClip) else load_video(video, n, fps=fps, max_frames=n, progress=progress)
         if options and self.config.choice_mode == "likelihood":
             best = int(self.option_scores(clip, question, options, temporal_sample).argmax())
-            letter = string.ascii_uppercase[best]
+            letter = OPTION_LETTERS[best]
             text = f"{letter}. {options[best]}"
         else:
             batch = self.processor([clip.frames], [self.processor.prompt_text(question, options)],
                                    temporal_sample=temporal_sample)
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            out = self.model.generate(**batch, temporal_sample=temporal_sample, max_new_tokens=max_new_tokens,
-                                      do_sample=False)
+            out = self.model.generate(**move_batch(batch, self.device), max_new_tokens=max_new_tokens, do_sample=False)
             text = self.processor.decode(out[0])
             letter = parse_letter(text, len(options)) if options else None
         return Answer(text=text, letter=letter, num_frames=len(clip.frames),
@@ -74,13 +62,12 @@ class StormPipeline:
         the open question: the video is encoded once and shared by every option's sequence. With
         `return_greedy`, also whether greedy decoding would have produced each option."""
         prompt = self.processor.prompt_text(question)
-        pixel = self.processor.preprocess(clip.frames)  # once; the batch below only needs token ids
+        pixel = self.processor.preprocess(clip.frames)  # once; every option's row shares the encoding
         batch = self.processor([pixel] * len(options), [prompt] * len(options), answers=list(options),
                                temporal_sample=temporal_sample)
-        batch = {k: v.to(self.device) for k, v in batch.items() if k != "pixel_values_videos"}
-        feats = self.model.encode_videos(pixel[None].to(self.device), temporal_sample)[0]
-        emb = self.model.embed(batch["input_ids"], temporal_sample=temporal_sample,
-                               video_features=feats.repeat(len(options), 1))
+        feats = self.model.get_video_features(pixel[None].to(self.device), batch["temporal_sample"])[0]
+        batch = move_batch({k: v for k, v in batch.items() if k != "pixel_values_videos"}, self.device)
+        emb = self.model.get_inputs_embeds(batch["input_ids"], video_features=[feats] * len(options))
         logits = self.model(inputs_embeds=emb, attention_mask=batch["attention_mask"]).logits[:, :-1]
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # half-precision models
         labels = batch["labels"][:, 1:]
@@ -96,8 +83,10 @@ class StormPipeline:
 def load(path: str | os.PathLike | None = None, device: str | None = None, dtype=None) -> StormPipeline:
     """Load a saved STORM model folder (the embedded default model when `path` is None)."""
     path = Path(path) if path is not None else DEFAULT_MODEL
+    if not path.is_dir():
+        raise ModelFolderError(f"{path}: model folder not found")
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path}: not a STORM model folder (no config.json)")
+        raise ModelFolderError(f"{path}: not a STORM model folder (no config.json)")
     model = StormForConditionalGeneration.from_pretrained(path, dtype=dtype) if dtype else \
         StormForConditionalGeneration.from_pretrained(path)
     processor = StormProcessor.from_pretrained(path, model.config)

@@ -1,31 +1,86 @@
-"""Prompt building and video-placeholder expansion.
+"""Everything from frames and text to model inputs: image preprocessing, prompts, the option letters
+of multiple-choice questions, and the expansion of the video placeholder.
 
-One `<video>` placeholder in the prompt becomes exactly `config.tokens_per_video(T, s)` video
-tokens, the number the model's reducer produces, so prompt and features always line up.
+The processor owns "how many video tokens": one `<video>` placeholder becomes exactly
+`config.tokens_per_video(T, s)` tokens, and the batch carries the test-time sampling stride `s`
+it used, so `model(**batch)` and `model.generate(**batch)` reduce the video to that same count.
 """
+
 from __future__ import annotations
 
 import os
+import re
 import string
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .config import StormConfig
-from .models.vision import preprocess_frames
+from .errors import InputError
 
 # Used when the tokenizer has no chat template of its own (tiny word-level tokenizers).
 PLAIN_TEMPLATE = "user : {prompt} assistant :"
 MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."
+OPTION_LETTERS = string.ascii_uppercase
+
+
+def check_options(options: list[str] | None) -> None:
+    if options is None:
+        return
+    if not 1 <= len(options) <= len(OPTION_LETTERS):
+        raise InputError(f"a multiple-choice question takes 1 to {len(OPTION_LETTERS)} options, got {len(options)}")
+    if any(not str(o).strip() for o in options):
+        raise InputError("options must not be empty")
 
 
 def format_mc_question(question: str, options: list[str]) -> str:
     """The usual multiple-choice layout of the long-video benchmarks."""
+    check_options(options)
     lines = [question.strip()]
-    for letter, opt in zip(string.ascii_uppercase, options):
+    for letter, opt in zip(OPTION_LETTERS, options):
         opt = str(opt).strip()
         lines.append(opt if opt[:2] == f"{letter}." else f"{letter}. {opt}")
     lines.append(MC_INSTRUCTION)
     return "\n".join(lines)
+
+
+def parse_letter(text: str, num_options: int = 4) -> str | None:
+    """The option letter in a free-form reply: "B", "(B)", "B.", "The answer is B", "b) cat"."""
+    letters = OPTION_LETTERS[: max(1, min(num_options, len(OPTION_LETTERS)))]
+    t = text.strip()
+    m = (
+        re.match(rf"^\(?([{letters}])(?:[\s\.\):,]|$)", t, flags=re.I)
+        or re.search(rf"answer(?: is|:)?\s*\(?([{letters}])\b", t, flags=re.I)
+        or re.search(rf"\b([{letters}])\b", t)
+    )
+    return m.group(1).upper() if m else None
+
+
+def preprocess_frames(frames, image_size: int, mean, std) -> torch.Tensor:
+    """uint8 RGB (T, H, W, 3) -> float (T, 3, S, S), resized with antialiasing and normalised."""
+    if isinstance(frames, np.ndarray):
+        frames = torch.from_numpy(frames)
+    if frames.dim() != 4 or frames.shape[-1] != 3:
+        raise InputError(f"expected frames (T, H, W, 3), got {tuple(frames.shape)}")
+    x = frames.permute(0, 3, 1, 2).float().div_(255.0)  # (T, 3, H, W)
+    if x.shape[-2:] != (image_size, image_size):
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
+    mean = torch.tensor(mean, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(std, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def move_batch(batch: dict, device) -> dict:
+    """A processor batch on `device`: tensors and lists of tensors move, settings stay."""
+    out = {}
+    for k, v in batch.items():
+        if torch.is_tensor(v):
+            v = v.to(device)
+        elif isinstance(v, list) and v and torch.is_tensor(v[0]):
+            v = [x.to(device) for x in v]
+        out[k] = v
+    return out
 
 
 class StormProcessor:
@@ -50,7 +105,7 @@ class StormProcessor:
 
     # -- text ----------------------------------------------------------------------------------
     def prompt_text(self, question: str, options: list[str] | None = None) -> str:
-        """Chat-formatted prompt with the video placeholder first, ready for the answer."""
+        """Chat-formatted prompt with one video placeholder, ready for the answer."""
         body = format_mc_question(question, options) if options else question.strip()
         # "after" suits small LMs trained from scratch: with the video last, each frame's distance
         # to the answer (all RoPE lets attention see) no longer depends on the question's length.
@@ -58,16 +113,18 @@ class StormProcessor:
         content = f"{video}\n{body}" if self.config.video_position == "before" else f"{body}\n{video}"
         if getattr(self.tokenizer, "chat_template", None):
             return self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
+                [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+            )
         return PLAIN_TEMPLATE.format(prompt=content)
 
     def _ids(self, text: str, num_video_tokens: int) -> list[int]:
         parts = text.split(self.config.video_token)
         if len(parts) != 2:
-            raise ValueError(f"the prompt must contain exactly one {self.config.video_token!r} placeholder")
+            raise InputError(f"the prompt must contain exactly one {self.config.video_token!r} placeholder")
         before = self.tokenizer(parts[0], add_special_tokens=False)["input_ids"]
         after = self.tokenizer(parts[1], add_special_tokens=False)["input_ids"]
-        bos = [self.tokenizer.bos_token_id] if getattr(self.tokenizer, "add_bos_token", False) and self.tokenizer.bos_token_id is not None else []
+        tok = self.tokenizer
+        bos = [tok.bos_token_id] if getattr(tok, "add_bos_token", False) and tok.bos_token_id is not None else []
         return bos + before + [self.config.video_token_id] * num_video_tokens + after
 
     # -- frames --------------------------------------------------------------------------------
@@ -76,18 +133,30 @@ class StormProcessor:
         return preprocess_frames(frames, c.vision_config.image_size, c.image_mean, c.image_std)
 
     # -- batches -------------------------------------------------------------------------------
-    def __call__(self, videos, prompts: list[str], answers: list[str] | None = None,
-                 temporal_sample: int | None = None, padding_side: str = "left"):
+    def __call__(
+        self,
+        videos,
+        prompts: list[str],
+        answers: list[str] | None = None,
+        temporal_sample: int | None = None,
+        padding_side: str = "left",
+    ) -> dict:
         """`videos`: list of uint8 frame arrays (T, H, W, 3) or preprocessed tensors. `prompts`:
         texts with one placeholder (see `prompt_text`). With `answers`, labels cover the answer
-        tokens (and the end-of-sequence token) only, and padding goes on the right for training."""
+        tokens (and the end-of-sequence token) only, and padding goes on the right for training.
+
+        The batch holds `temporal_sample`, the stride the prompts were sized for; the model reads
+        it from there, so prompt and video features cannot disagree."""
         if len(videos) != len(prompts):
-            raise ValueError(f"{len(videos)} videos but {len(prompts)} prompts")
+            raise InputError(f"{len(videos)} videos but {len(prompts)} prompts")
+        s = self.config.temporal_sample if temporal_sample is None else temporal_sample
+        if isinstance(s, bool) or not isinstance(s, int) or s < 1:
+            raise InputError(f"temporal_sample must be an integer >= 1, got {s!r}")
         pixel = [v if torch.is_tensor(v) and v.dtype.is_floating_point else self.preprocess(v) for v in videos]
         seqs, labels = [], []
         eos = self.tokenizer.eos_token_id
         for i, (v, text) in enumerate(zip(pixel, prompts)):
-            ids = self._ids(text, self.config.tokens_per_video(v.shape[0], temporal_sample))
+            ids = self._ids(text, self.config.tokens_per_video(v.shape[0], s))
             lab = [-100] * len(ids)
             if answers is not None:
                 ans = self.tokenizer(" " + answers[i].strip(), add_special_tokens=False)["input_ids"] + [eos]
@@ -97,17 +166,21 @@ class StormProcessor:
         width = max(len(s) for s in seqs)
         side = "right" if answers is not None else padding_side
         pad = self.tokenizer.pad_token_id
-        input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        attn = torch.zeros((len(seqs), width), dtype=torch.long)
-        lab_t = torch.full((len(seqs), width), -100, dtype=torch.long)
-        for i, (s, lab) in enumerate(zip(seqs, labels)):
-            sl = slice(0, len(s)) if side == "right" else slice(width - len(s), width)
-            input_ids[i, sl] = torch.tensor(s)
+        input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)  # (B, L)
+        attn = torch.zeros((len(seqs), width), dtype=torch.long)  # (B, L)
+        lab_t = torch.full((len(seqs), width), -100, dtype=torch.long)  # (B, L)
+        for i, (ids, lab) in enumerate(zip(seqs, labels)):
+            sl = slice(0, len(ids)) if side == "right" else slice(width - len(ids), width)
+            input_ids[i, sl] = torch.tensor(ids)
             attn[i, sl] = 1
             lab_t[i, sl] = torch.tensor(lab)
         same_len = len({p.shape[0] for p in pixel}) == 1
-        out = {"input_ids": input_ids, "attention_mask": attn,
-               "pixel_values_videos": torch.stack(pixel) if same_len else pixel}
+        out = {
+            "input_ids": input_ids,
+            "attention_mask": attn,
+            "pixel_values_videos": torch.stack(pixel) if same_len else pixel,  # (B, T, 3, S, S) or list
+            "temporal_sample": s,
+        }
         if answers is not None:
             out["labels"] = lab_t
         return out

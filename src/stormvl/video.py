@@ -1,14 +1,23 @@
-"""Video decoding and frame sampling with PyAV (its wheels ship FFmpeg; decord does not install
-everywhere).
+"""Video decoding with PyAV (its wheels ship FFmpeg; decord does not install everywhere): open and
+probe a file, decode the frames a `frame_plan.FramePlan` names, write mp4 files.
 
-Sampling picks target frame indices first, then seeks to the keyframe before each target and
-decodes forward only as far as the target, so 32 frames out of a long video cost about 32 short
-GOP walks instead of a full decode. Frames that fail to decode are skipped with a warning; a video
-from which nothing decodes raises `VideoError`.
+The walker seeks to the keyframe before a target and decodes forward only as far as it, so 32
+frames out of a long video cost about 32 short GOP walks instead of a full decode.
+
+Fallback policy, in one place:
+- No frame count in the header (no index): the stream is decoded once to count its frames, and
+  the plan is made over what decoded.
+- Broken or missing duration: taken from the container, else frame count / fps; a missing frame
+  rate is taken as 25 fps.
+- Sparse keyframes: seek only across gaps longer than ~2 s, and re-seek for a far target only
+  after the current pass reached a target (a seek may land far before the target).
+- Stream shorter than the header says: targets past the end get the last decoded frame.
+- Undecodable data: skipped with a warning; a target that cannot be decoded is replaced by its
+  nearest decoded neighbour; after 16 errors the walk stops. If nothing decodes, `VideoError`.
 """
+
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -16,13 +25,10 @@ from fractions import Fraction
 
 import numpy as np
 
-__all__ = ["VideoError", "VideoClip", "VideoInfo", "probe", "sample_indices", "load_video", "write_video"]
+from .errors import VideoError
+from .frame_plan import MAX_FRAMES, check_request, plan_frames
 
-MAX_FRAMES = 4096
-
-
-class VideoError(ValueError):
-    """A video cannot be used; the message names the file and the problem."""
+__all__ = ["VideoError", "VideoClip", "VideoInfo", "MAX_FRAMES", "probe", "load_video", "write_video"]
 
 
 @dataclass
@@ -90,62 +96,45 @@ def probe(path) -> VideoInfo:
     return info
 
 
-def sample_indices(num_frames_in_video: int, num_samples: int) -> np.ndarray:
-    """`num_samples` indices spread evenly from the first frame to the last, both included.
-    Asking for more frames than the video has repeats frames, so the model still sees the
-    frame count it was configured for."""
-    if num_samples == 1:
-        return np.array([(num_frames_in_video - 1) // 2])
-    return np.round(np.linspace(0, num_frames_in_video - 1, num_samples)).astype(np.int64)
-
-
-def _check_count(path, name, value, low=1, high=MAX_FRAMES):
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or not low <= value <= high:
-        raise VideoError(f"{path}: {name} must be an integer in [{low}, {high}], got {value!r}")
-
-
-def load_video(path, num_frames: int | None = 32, *, fps: float | None = None,
-               max_frames: int = MAX_FRAMES, seek: bool = True, progress: bool = False) -> VideoClip:
+def load_video(
+    path,
+    num_frames: int | None = 32,
+    *,
+    fps: float | None = None,
+    max_frames: int = MAX_FRAMES,
+    seek: bool = True,
+    progress: bool = False,
+) -> VideoClip:
     """Sample frames: `num_frames` uniformly over the whole video, or, with `fps`, one frame every
     1/fps seconds capped at `max_frames` (uniform over the video when the cap binds)."""
+    check_request(os.fspath(path), num_frames, fps, max_frames)
     path, container = _open(path)
     try:
         info = _info(path, container)
-        if fps is None:
-            _check_count(path, "num_frames", num_frames)
-        _check_count(path, "max_frames", max_frames)
-        if fps is not None:
-            if not (isinstance(fps, (int, float)) and fps > 0 and math.isfinite(fps)):
-                raise VideoError(f"{path}: fps must be a positive number, got {fps!r}")
-            want = max(1, math.floor(info.duration * fps))
-            if want <= max_frames and info.num_frames > 0:
-                times = np.arange(want) / fps
-                idx = np.minimum(np.round(times * info.fps).astype(np.int64), info.num_frames - 1)
-            else:
-                idx = None
-                num_frames = max_frames
-        else:
-            _check_count(path, "num_frames", num_frames)
-            idx = None
+
+        def plan():
+            return plan_frames(info.num_frames, info.fps, info.duration, num_frames=num_frames, fps=fps,
+                               max_frames=max_frames, where=path)
+
         if info.num_frames <= 0:
-            # Containers without a frame count: decode once to count, then sample.
             frames = _decode_all(path, container)
             if not frames:
                 raise VideoError(f"{path}: no decodable video frames")
             info.num_frames = len(frames)
-            idx = sample_indices(len(frames), num_frames) if idx is None else idx
-            chosen = {i: frames[i] for i in set(idx.tolist())}
+            info.duration = info.duration or len(frames) / info.fps
+            p = plan()
+            chosen = {i: frames[i] for i in p.targets}
         else:
-            idx = sample_indices(info.num_frames, num_frames) if idx is None else idx
-            chosen = _decode_indices(path, container, info, sorted(set(idx.tolist())), seek, progress)
+            p = plan()
+            chosen = _decode_indices(path, container, info, p.targets, seek, progress)
     finally:
         container.close()
     if not chosen:
         raise VideoError(f"{path}: no decodable video frames")
     # A frame that could not be decoded is replaced by its nearest decoded neighbour.
     keys = np.array(sorted(chosen))
-    out_idx = np.array([keys[np.abs(keys - i).argmin()] for i in idx], dtype=np.int64)
-    frames = np.stack([chosen[i] for i in out_idx])
+    out_idx = np.array([keys[np.abs(keys - i).argmin()] for i in p.indices], dtype=np.int64)
+    frames = np.stack([chosen[i] for i in out_idx])  # (N, H, W, 3) uint8
     return VideoClip(frames=frames, timestamps=out_idx / info.fps, indices=out_idx, info=info)
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
-from ..video import VideoError, load_video
+from ..errors import DataFormatError, MissingFileError, VideoError
+from ..video import load_video
 from .records import MCRecord
 
 
@@ -29,7 +30,7 @@ def _read_any(path: Path) -> list[dict]:
         return [json.loads(line) for line in text.splitlines() if line.strip()]
     data = json.loads(text)
     if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of records")
+        raise DataFormatError(f"{path}: expected a JSON list of records")
     return data
 
 
@@ -38,29 +39,29 @@ def read_training_samples(files, video_root=None) -> list[Sample]:
     for f in files:
         f = Path(f)
         if not f.is_file():
-            raise FileNotFoundError(f"{f}: no such annotation file")
+            raise MissingFileError(f"{f}: no such annotation file")
         root = Path(video_root) if video_root else f.parent
         for i, row in enumerate(_read_any(f)):
             video = row.get("video")
             if not video:
-                raise ValueError(f"{f}: record {i} has no 'video' field")
+                raise DataFormatError(f"{f}: record {i} has no 'video' field")
             path = str(video if Path(video).is_absolute() else root / video)
             if "conversations" in row:
                 conv = row["conversations"]
                 human = next((c["value"] for c in conv if c.get("from") in ("human", "user")), None)
                 gpt = next((c["value"] for c in conv if c.get("from") in ("gpt", "assistant")), None)
                 if human is None or gpt is None:
-                    raise ValueError(f"{f}: record {i} needs a human and a gpt turn")
+                    raise DataFormatError(f"{f}: record {i} needs a human and a gpt turn")
                 question = human.replace("<video>", "").replace("<image>", "").strip()
                 samples.append(Sample(path, question, None, gpt.strip()))
             elif "question" in row and "options" in row and "answer" in row:
                 r = MCRecord.from_json(row)
                 samples.append(Sample(path, r.question, r.options, r.answer))
             else:
-                raise ValueError(f"{f}: record {i} is neither a conversation nor a multiple-choice record "
+                raise DataFormatError(f"{f}: record {i} is neither a conversation nor a multiple-choice record "
                                  "(needs 'conversations', or 'question'+'options'+'answer')")
     if not samples:
-        raise ValueError(f"no training samples in {list(map(str, files))}")
+        raise DataFormatError(f"no training samples in {list(map(str, files))}")
     return samples
 
 

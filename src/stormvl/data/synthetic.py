@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
 from .records import MCRecord, write_jsonl
 
 COLORS = {
@@ -56,7 +57,7 @@ def draw(frame: np.ndarray, shape: str, color: str, cx: float, cy: float, r: int
     frame[ys, xs][mm] = COLORS[color]
 
 
-def _blank(n):
+def blank_frames(n):
     f = np.empty((n, SIZE, SIZE, 3), np.uint8)
     f[:] = BG
     return f
@@ -71,7 +72,7 @@ def _options(rng, correct, pool):
 def make_sample(rng: random.Random, task: str, n: int):
     """Returns (frames (n, 64, 64, 3) uint8, question, options, answer letter, ground truth dict
     with a one-line caption of what happens)."""
-    f = _blank(n)
+    f = blank_frames(n)
     colors = list(COLORS)
     if task == "direction":
         shape, color = rng.choice(SHAPES), rng.choice(colors)
@@ -156,7 +157,7 @@ def make_sample(rng: random.Random, task: str, n: int):
         opts, ans = _options(rng, first, SHAPES)
         truth = {"first": first, "caption": f"the {first} is shown first"}
     else:
-        raise ValueError(f"unknown synthetic task {task!r}; choose from {TASKS}")
+        raise InputError(f"unknown synthetic task {task!r}; choose from {TASKS}")
     return f, q, opts, ans, truth
 
 
@@ -182,7 +183,7 @@ def generate_split(out_dir, num: int, frames: int = 16, seed: int = 0, tasks=TAS
     from ..video import write_video
 
     if frames < 8:
-        raise ValueError(f"synthetic videos need at least 8 frames, got {frames}")
+        raise InputError(f"synthetic videos need at least 8 frames, got {frames}")
     out = Path(out_dir)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import sys
 
+from ..errors import InputError
+
 try:  # lmms-eval is optional; without it the class below still works on plain request tuples
     from lmms_eval.api.model import lmms as _Base
 except Exception:
@@ -76,7 +78,7 @@ class StormLMMS(_Base):
             context, continuation, doc_to_visual, doc_id, task, split = req.args
             visuals = [v for v in (doc_to_visual(self.task_dict[task][split][doc_id]) or []) if isinstance(v, str)]
             if not visuals:
-                raise ValueError(f"{task} doc {doc_id}: stormvl needs a video for loglikelihood requests")
+                raise InputError(f"{task} doc {doc_id}: stormvl needs a video for loglikelihood requests")
             key = (visuals[0], self.num_frames or self.pipe.config.num_frames)
             if self._last_clip[0] != key:  # one request per option of the same video: decode once
                 self._last_clip = (key, load_video(*key))

@@ -15,7 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..data.records import MCRecord
-from ..video import VideoError, load_video
+from ..errors import VideoError
+from ..video import load_video
 
 PRED_SHARD = "predictions.rank{rank}.jsonl"
 

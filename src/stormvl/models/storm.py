@@ -8,6 +8,7 @@ import torch.nn as nn
 from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
 
 from ..config import StormConfig
+from ..errors import InputError
 from .temporal_encoder import TemporalEncoder
 from .token_reduction import reduce_tokens
 from .vision import Projector, pixel_shuffle
@@ -63,71 +64,95 @@ class StormForConditionalGeneration(StormPreTrainedModel):
     def get_output_embeddings(self):
         return self.language_model.get_output_embeddings()
 
-    # -- vision side ---------------------------------------------------------------------------
-    def encode_frames(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(F, 3, S, S) -> (F, N, D) projected tokens, N = grid_h * grid_w after pixel shuffle."""
+    # -- the encode path, one named method per stage ------------------------------------------
+    # Every caller (answer, option scoring, training, evaluation, the bench) goes through these,
+    # so the bench times exactly what `answer` runs.
+    def get_frame_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Vision tower, pixel shuffle and projector: (F, 3, S, S) -> (F, N, D) tokens at the LLM
+        width, N = grid_h * grid_w. Frames go through the tower `vision_batch_size` at a time."""
         cfg = self.config
         dtype = next(self.vision_tower.parameters()).dtype
         outs = []
         for chunk in pixel_values.split(cfg.vision_batch_size):
-            hidden = self.vision_tower(pixel_values=chunk.to(dtype)).last_hidden_state
+            hidden = self.vision_tower(pixel_values=chunk.to(dtype)).last_hidden_state  # (f, P, Dv)
             outs.append(pixel_shuffle(hidden, cfg.patch_grid, cfg.downsample))
-        return self.projector(torch.cat(outs))
+        return self.projector(torch.cat(outs))  # (F, N, D)
 
-    def encode_videos(self, pixel_values_videos, temporal_sample: int | None = None) -> list[torch.Tensor]:
-        """Videos as (B, T, 3, S, S) or a list of (T_i, 3, S, S) -> one (tokens_i, D) per video."""
+    def get_temporal_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The Mamba temporal encoder over whole videos: (B, T, N, D) -> (B, T, N, D); the
+        identity for the baseline without an encoder."""
+        return x if self.temporal_encoder is None else self.temporal_encoder(x)
+
+    def reduce_video_tokens(self, x: torch.Tensor, temporal_sample: int | None = None) -> torch.Tensor:
+        """Token reduction: (B, T, N, D) -> (B, T', N', D), pooling from the config, then the
+        test-time sampling stride (the config's when None)."""
         cfg = self.config
         s = cfg.temporal_sample if temporal_sample is None else temporal_sample
-        videos = list(pixel_values_videos) if not torch.is_tensor(pixel_values_videos) or pixel_values_videos.dim() == 5 \
-            else [pixel_values_videos]
+        return reduce_tokens(
+            x, grid=cfg.grid_size, temporal_pool_k=cfg.temporal_pool, spatial_pool_k=cfg.spatial_pool, temporal_sample_s=s
+        )
+
+    def get_video_features(self, pixel_values_videos, temporal_sample: int | None = None) -> list[torch.Tensor]:
+        """Videos as (B, T, 3, S, S) or a list of (T_i, 3, S, S) -> one (tokens_i, D) per video:
+        the three stages above in order."""
+        if torch.is_tensor(pixel_values_videos) and pixel_values_videos.dim() == 4:
+            pixel_values_videos = pixel_values_videos[None]
+        videos = list(pixel_values_videos)
         lengths = [v.shape[0] for v in videos]
-        tokens = self.encode_frames(torch.cat(videos)).split(lengths)
-        out = []
+        tokens = self.get_frame_features(torch.cat(videos)).split(lengths)
+        out: list[torch.Tensor | None] = [None] * len(videos)
         # Videos of equal length share one temporal-encoder call.
         by_len: dict[int, list[int]] = {}
         for i, t in enumerate(lengths):
             by_len.setdefault(t, []).append(i)
-        for t, idx in by_len.items():
+        for idx in by_len.values():
             x = torch.stack([tokens[i] for i in idx])  # (b, T, N, D)
-            if self.temporal_encoder is not None:
-                x = self.temporal_encoder(x)
-            x = reduce_tokens(x, grid=cfg.grid_size, temporal_pool_k=cfg.temporal_pool,
-                              spatial_pool_k=cfg.spatial_pool, temporal_sample_s=s)
+            x = self.reduce_video_tokens(self.get_temporal_features(x), temporal_sample)  # (b, T', N', D)
             for j, i in enumerate(idx):
-                out.append((i, x[j].reshape(-1, x.shape[-1])))
-        return [x for _, x in sorted(out, key=lambda p: p[0])]
+                out[i] = x[j].reshape(-1, x.shape[-1])  # (T' * N', D)
+        return out
 
-    def embed(self, input_ids, pixel_values_videos=None, temporal_sample=None, video_features=None):
-        """Token embeddings with the video placeholders filled. `video_features` (tokens, D), from
-        `encode_videos`, lets several prompts about one video share a single encoding."""
+    def get_inputs_embeds(self, input_ids, pixel_values_videos=None, temporal_sample=None, video_features=None):
+        """Token embeddings (B, L, D) with the video placeholders filled. `video_features`, one
+        (tokens, D) per prompt from `get_video_features`, lets several prompts about one video
+        share a single encoding. The placeholder count must equal the features' length."""
         vid = self.config.video_token_id
-        mask = input_ids == vid
-        emb = self.get_input_embeddings()(input_ids.masked_fill(mask, 0))
+        mask = input_ids == vid  # (B, L)
+        emb = self.get_input_embeddings()(input_ids.masked_fill(mask, 0))  # (B, L, D)
         if pixel_values_videos is None and video_features is None:
             if mask.any():
-                raise ValueError("the prompt has video tokens but no video was given")
+                raise InputError("the prompt has video tokens but no video was given")
             return emb
-        feats = video_features if video_features is not None else \
-            torch.cat(self.encode_videos(pixel_values_videos, temporal_sample))
+        if video_features is None:
+            video_features = self.get_video_features(pixel_values_videos, temporal_sample)
+        feats = torch.cat(list(video_features)) if not torch.is_tensor(video_features) else video_features
         n = int(mask.sum())
         if n != feats.shape[0]:
-            raise ValueError(
-                f"the prompt has {n} video tokens but the video gives {feats.shape[0]}: build prompts "
-                "with the processor, using the same frame count and token reduction as the model"
+            raise InputError(
+                f"the prompt has {n} video tokens but the video gives {feats.shape[0]}: build batches with "
+                "StormProcessor, which sizes the prompt for the model's frame count and token reduction"
             )
         return emb.masked_scatter(mask[..., None], feats.to(emb.dtype))
 
     # -- LLM side ------------------------------------------------------------------------------
-    def forward(self, input_ids=None, pixel_values_videos=None, attention_mask=None, labels=None,
-                inputs_embeds=None, temporal_sample=None, **kwargs):
+    def forward(
+        self,
+        input_ids=None,
+        pixel_values_videos=None,
+        attention_mask=None,
+        labels=None,
+        inputs_embeds=None,
+        temporal_sample=None,
+        **kwargs,
+    ):
         if inputs_embeds is None:
-            inputs_embeds = self.embed(input_ids, pixel_values_videos, temporal_sample)
+            inputs_embeds = self.get_inputs_embeds(input_ids, pixel_values_videos, temporal_sample)
         return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **kwargs)
 
     @torch.no_grad()
     def generate(self, input_ids, pixel_values_videos=None, attention_mask=None, temporal_sample=None, **kwargs):
         """Returns only the newly generated token ids (the prompt is passed as embeddings)."""
-        emb = self.embed(input_ids, pixel_values_videos, temporal_sample)
+        emb = self.get_inputs_embeds(input_ids, pixel_values_videos, temporal_sample)
         kwargs.setdefault("pad_token_id", self.config.text_config.pad_token_id or self.config.text_config.eos_token_id)
         return self.language_model.generate(inputs_embeds=emb, attention_mask=attention_mask, **kwargs)
 

@@ -1,25 +1,11 @@
-"""Frames -> per-frame patch tokens at the LLM width: image preprocessing, the vision tower run in
-frame chunks (memory stays bounded however long the video), 2x2 pixel shuffle and the projector."""
+"""The vision side's own layers: pixel shuffle of a frame's patch tokens and the projector to the
+LLM width. (Image preprocessing lives in `processing.py`; the vision tower is a transformers
+model.)"""
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-
-def preprocess_frames(frames, image_size: int, mean, std) -> torch.Tensor:
-    """uint8 RGB (T, H, W, 3) -> float (T, 3, S, S), resized with antialiasing and normalised."""
-    if isinstance(frames, np.ndarray):
-        frames = torch.from_numpy(frames)
-    if frames.dim() != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"expected frames (T, H, W, 3), got {tuple(frames.shape)}")
-    x = frames.permute(0, 3, 1, 2).float().div_(255.0)
-    if x.shape[-2:] != (image_size, image_size):
-        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
-    mean = torch.tensor(mean, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(std, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x - mean) / std
 
 
 def pixel_shuffle(tokens: torch.Tensor, grid: int, factor: int) -> torch.Tensor:

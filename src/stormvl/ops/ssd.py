@@ -17,6 +17,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+# The optional fused kernel, resolved once. Only a missing package means "not installed": any
+# other failure while importing it is a broken install and should be seen, not silently skipped.
+try:
+    from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+except ImportError:
+    mamba_chunk_scan_combined = None
+
 __all__ = ["ssd_scan", "ssd_scan_ref", "ssd_scan_chunked", "ssd_chunked_flops"]
 
 SEGMENT_CHUNKS = 32  # chunks per segment for long inputs
@@ -161,14 +168,6 @@ def ssd_chunked_flops(b, l, h, p, n, g=1, chunk_size=64):
     return cb + intra + states + out
 
 
-def _mamba_ssm_kernel():
-    try:  # optional fused CUDA kernel; the PyTorch paths above always work
-        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
-        return mamba_chunk_scan_combined
-    except Exception:
-        return None
-
-
 def ssd_scan(x, dt, A, B, C, D=None, *, chunk_size=64, initial_state=None, return_final_state=False,
              dt_bias=None, dt_softplus=False, dt_limit=None, impl="auto"):
     """Dispatch: impl in {"auto", "chunked", "ref", "kernel"}. "auto" uses `mamba_ssm`'s kernel on
@@ -178,9 +177,8 @@ def ssd_scan(x, dt, A, B, C, D=None, *, chunk_size=64, initial_state=None, retur
     if impl == "ref":
         return ssd_scan_ref(x, dt, A, B, C, D, **kw)
     if impl in ("auto", "kernel") and x.is_cuda:
-        kernel = _mamba_ssm_kernel()
-        if kernel is not None:
-            return kernel(x, dt, A, B, C, chunk_size, D=D, dt_bias=dt_bias, dt_softplus=dt_softplus,
+        if mamba_chunk_scan_combined is not None:
+            return mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=D, dt_bias=dt_bias, dt_softplus=dt_softplus,
                           initial_states=initial_state, return_final_states=return_final_state,
                           dt_limit=dt_limit or (0.0, float("inf")))
         if impl == "kernel":

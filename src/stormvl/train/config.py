@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-class ConfigError(ValueError):
-    pass
+from ..config import check_overrides
+from ..errors import ConfigError
+from ..testing import TinySize
 
 
 @dataclass
@@ -27,8 +29,8 @@ class ModelConfig:
     path: str | None = None         # STORM folder for init=pretrained
     vision_path: str | None = None  # for init=parts
     llm_path: str | None = None     # for init=parts
-    tiny: dict = field(default_factory=dict)    # kwargs of stormvl.tiny.tiny_config
-    storm: dict = field(default_factory=dict)   # StormConfig overrides (pooling, encoder on/off, ...)
+    tiny: TinySize = field(default_factory=TinySize)  # sizes for init=tiny
+    storm: dict = field(default_factory=dict)  # StormConfig fields to set (pooling, encoder on/off, ...)
 
 
 @dataclass
@@ -82,7 +84,36 @@ class TrainConfig:
             raise ConfigError("data.open_ended_ratio must be in [0, 1]")
         if self.batch_size < 1 or self.data.num_frames < 1:
             raise ConfigError("batch_size and data.num_frames must be >= 1")
+        if "num_frames" in self.model.storm:
+            raise ConfigError("model.storm.num_frames: set the frame count in data.num_frames (or a stage's num_frames)")
         return self
+
+
+def _convert(hint, v, where):
+    """`v` as the annotated type `hint`, or a ConfigError naming `where`."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if v is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], v, where)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, v, where)
+    if origin is list:
+        if isinstance(v, str) and args[0] is str:
+            v = [v]  # a single file name where a list is expected
+        if not isinstance(v, list):
+            raise ConfigError(f"{where}: expected a list, got {type(v).__name__}")
+        return [_convert(args[0], x, f"{where}[{i}]") for i, x in enumerate(v)]
+    if origin is dict or hint is dict:
+        if not isinstance(v, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(v).__name__}")
+        return v
+    if hint is float and isinstance(v, int) and not isinstance(v, bool):
+        return float(v)
+    if hint in (int, float, str, bool) and (not isinstance(v, hint) or (hint is int and isinstance(v, bool))):
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {v!r}")
+    return v
 
 
 def _build(cls, data, where):
@@ -92,19 +123,8 @@ def _build(cls, data, where):
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}")
-    kw = {}
-    for k, v in data.items():
-        sub = {"data": DataConfig, "model": ModelConfig}.get(k) if cls is TrainConfig else None
-        if sub is not None:
-            v = _build(sub, v, f"{where}.{k}")
-        elif cls is TrainConfig and k == "stages":
-            if not isinstance(v, list):
-                raise ConfigError(f"{where}.stages: expected a list")
-            v = [_build(StageConfig, s, f"{where}.stages[{i}]") for i, s in enumerate(v)]
-        elif cls is DataConfig and k == "train" and isinstance(v, str):
-            v = [v]
-        kw[k] = v
-    return cls(**kw)
+    hints = typing.get_type_hints(cls)
+    return cls(**{k: _convert(hints[k], v, f"{where}.{k}") for k, v in data.items()})
 
 
 def load_train_config(path) -> TrainConfig:
@@ -123,6 +143,7 @@ def load_train_config(path) -> TrainConfig:
         raise ConfigError(f"{path}: cannot parse ({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
     data = data or {}
     cfg = _build(TrainConfig, data, str(path))
+    check_overrides(cfg.model.storm, f"{path}: model.storm")
     # Relative paths in the file (data, output_dir) are relative to the config file, so a run
     # does not depend on the directory it was started from.
     def rel(p):
@@ -130,8 +151,6 @@ def load_train_config(path) -> TrainConfig:
 
     cfg.data.train = [rel(p) for p in cfg.data.train]
     for stage in cfg.stages:
-        if isinstance(stage.data, str):
-            stage.data = [stage.data]
         if stage.data is not None:
             stage.data = [rel(p) for p in stage.data]
     cfg.output_dir = rel(cfg.output_dir) if "output_dir" in data else cfg.output_dir

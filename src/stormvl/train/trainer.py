@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 from ..data.dataset import VideoQADataset, read_training_samples
 from ..models.storm import StormForConditionalGeneration
-from ..processing import StormProcessor
+from ..processing import OPTION_LETTERS, StormProcessor, move_batch
 from .config import TrainConfig
 
 CKPT_DIR = "checkpoints"
@@ -37,25 +37,22 @@ def _dist_info():
 
 def build_model(cfg: TrainConfig, samples):
     m = cfg.model
+    storm = {**m.storm, "num_frames": cfg.data.num_frames}
     if m.init == "tiny":
-        from ..data.synthetic import vocabulary
-        from ..tiny import build_word_tokenizer, tiny_config
+        from ..testing import build_word_tokenizer, tiny_config
 
-        words, texts = vocabulary()
-        texts = texts + [s.question for s in samples] + [o for s in samples for o in (s.options or [])] \
-            + [s.answer for s in samples]
-        tok = build_word_tokenizer(texts, words)
-        config = tiny_config(tok, **m.tiny, num_frames=cfg.data.num_frames, **m.storm)
+        # The vocabulary is the training data's own words (plus what the processor writes), so a
+        # tiny model trains on any data, not only on the synthetic tasks.
+        texts = [t for s in samples for t in (s.question, s.answer, *(s.options or []))]
+        tok = build_word_tokenizer(texts)
+        config = tiny_config(tok, m.tiny, **storm)
         model = StormForConditionalGeneration(config)
         return model, StormProcessor(tok, config)
     if m.init == "pretrained":
         model = StormForConditionalGeneration.from_pretrained(m.path)
-        for k, v in m.storm.items():
-            setattr(model.config, k, v)
-        model.config.validate()
+        model.config.with_overrides(storm, where="model.storm")
         return model, StormProcessor.from_pretrained(m.path, model.config)
-    model, tok = StormForConditionalGeneration.from_parts(m.vision_path, m.llm_path, num_frames=cfg.data.num_frames,
-                                                          **m.storm)
+    model, tok = StormForConditionalGeneration.from_parts(m.vision_path, m.llm_path, **storm)
     return model, StormProcessor(tok, model.config)
 
 
@@ -149,7 +146,7 @@ class Trainer:
                 continue
             frames, q, opts, ans = it
             if open_ended and opts:
-                opts, ans = None, opts["ABCDEFGH".index(ans)]
+                opts, ans = None, opts[OPTION_LETTERS.index(ans)]
             items.append((frames, q, opts, ans))
         if not items:
             return None
@@ -200,7 +197,7 @@ class Trainer:
         cfg = self.cfg
         state = None
         if self.resume_from is not None:
-            state = torch.load(self.resume_from / STATE_FILE, weights_only=False)
+            state = torch.load(self.resume_from / STATE_FILE, weights_only=True)
             if self.rank == 0:
                 print(f"resuming from {self.resume_from} (step {state['global_step']})", flush=True)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -241,8 +238,7 @@ class Trainer:
                 batch = self.collate(ds, self.batch_indices(si, step))
                 if batch is None:
                     continue
-                batch = {k: (v.to(self.device) if torch.is_tensor(v) else [x.to(self.device) for x in v])
-                         for k, v in batch.items()}
+                batch = move_batch(batch, self.device)
                 with autocast:
                     loss = wrapped(**batch).loss
                 opt.zero_grad(set_to_none=True)

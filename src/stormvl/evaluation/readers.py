@@ -17,17 +17,14 @@ import string
 from pathlib import Path
 
 from ..data.records import MCRecord
+from ..errors import BenchmarkFormatError, MissingFileError
 
 LETTERS = string.ascii_uppercase
 
 
-class BenchmarkFormatError(ValueError):
-    pass
-
-
 def _load_rows(path: Path) -> list[dict]:
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such annotation file")
+        raise MissingFileError(f"{path}: no such annotation file")
     try:
         if path.suffix == ".parquet":
             import pandas as pd  # optional: only for the parquet copies on the Hub
@@ -110,7 +107,7 @@ def _file_or_folder(path: Path, read_file, name: str) -> list[MCRecord]:
     if path.is_dir():
         files = sorted(path.glob("*.json"))
         if not files:
-            raise FileNotFoundError(f"{path}: no {name} *.json files")
+            raise MissingFileError(f"{path}: no {name} *.json files")
         return [r for f in files for r in read_file(f, _load_rows(f))]
     return read_file(path, _load_rows(path))
 

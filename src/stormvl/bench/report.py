@@ -1,0 +1,57 @@
+"""The bench's outputs: a markdown table, bench.json (rows and the run's settings) and a plot."""
+
+from __future__ import annotations
+
+import json
+import os
+
+
+def format_table(rows) -> str:
+    lines = ["| frames | setting | LLM visual tokens | tokens / | GFLOPs vision / temporal / LLM | vision s | temporal s "
+             "| prefill s | s / token | TTFT s | TTFT speed-up | temporal share | peak MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        g, s = r["gflops"], r["seconds"]
+        lines.append(f"| {r['frames']} | {r['setting']} | {r['llm_visual_tokens']} | {r.get('token_reduction_x', '')}x "
+                     f"| {g['vision']:.0f} / {g['temporal']:.0f} / {g['llm_prefill']:.0f} | {s['vision']:.3f} "
+                     f"| {s['temporal']:.3f} | {s['prefill']:.3f} | {s['per_token']:.4f} | {r['ttft_s']:.3f} "
+                     f"| {r.get('ttft_speedup_x', '')}x | {100 * r['temporal_share']:.1f}% | {r['peak_mem_mib']:.0f} |")
+    return "\n".join(lines)
+
+
+def plot(rows, path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    frames = sorted({r["frames"] for r in rows})
+    settings = list(dict.fromkeys(r["setting"] for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for s in settings:
+        pts = [next(r for r in rows if r["frames"] == f and r["setting"] == s) for f in frames]
+        axes[0].plot(frames, [p["ttft_s"] for p in pts], marker="o", label=s)
+        axes[1].plot(frames, [p["llm_visual_tokens"] for p in pts], marker="o", label=s)
+    axes[0].set(xlabel="input frames", ylabel="time to first token (s)", title="Latency")
+    axes[1].set(xlabel="input frames", ylabel="LLM visual tokens", title="Tokens", yscale="log")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    tmp = f"{path}.tmp{os.getpid()}.png"
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+    return True
+
+
+def write_outputs(rows, out_dir, meta: dict):
+    os.makedirs(out_dir, exist_ok=True)
+    tmp = os.path.join(out_dir, f".bench.json.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=2)
+    os.replace(tmp, os.path.join(out_dir, "bench.json"))
+    table = format_table(rows)
+    with open(os.path.join(out_dir, "bench.md"), "w") as f:
+        f.write(table + "\n")
+    plotted = plot(rows, os.path.join(out_dir, "bench.png"))
+    return table, plotted

@@ -1,0 +1,145 @@
+"""Times each stage of one answer through the model's own methods (`get_frame_features`,
+`get_temporal_features`, `reduce_video_tokens`, `get_inputs_embeds`, then the LLM's prefill and
+decode), so the bench measures exactly what `answer` runs."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ..models.storm import StormForConditionalGeneration
+from ..processing import preprocess_frames
+from .flops import llm_prefill_flops, projector_flops, temporal_flops, vision_flops
+from .memory import PeakMemory
+from .settings import SETTINGS, bench_config
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class StageTimes:
+    vision: float
+    temporal: float
+    reduction: float
+    prefill: float
+    per_token: float
+
+    @property
+    def ttft(self):
+        return self.vision + self.temporal + self.reduction + self.prefill
+
+
+def prompt_ids(model: StormForConditionalGeneration, num_frames: int, prompt_tokens: int, device) -> torch.Tensor:
+    """(1, visual + prompt_tokens) ids: the video placeholders sized as the processor sizes them,
+    then a text prompt (the bench model has no tokenizer; the ids' values do not affect speed)."""
+    n = model.config.tokens_per_video(num_frames)
+    ids = torch.zeros(1, n + prompt_tokens, dtype=torch.long, device=device)
+    ids[0, :n] = model.config.video_token_id
+    return ids
+
+
+@torch.no_grad()
+def time_once(model: StormForConditionalGeneration, pixel, input_ids, new_tokens: int, device) -> StageTimes:
+    clock = time.perf_counter
+    _sync(device)
+    t0 = clock()
+    feats = model.get_frame_features(pixel)[None]  # (1, T, N, D)
+    _sync(device)
+    t1 = clock()
+    feats = model.get_temporal_features(feats)
+    _sync(device)
+    t2 = clock()
+    red = model.reduce_video_tokens(feats)  # (1, T', N', D)
+    emb = model.get_inputs_embeds(input_ids, video_features=[red.flatten(0, 2)])
+    _sync(device)
+    t3 = clock()
+    # Logits for the last position only, as `generate` computes them in prefill.
+    out = model.language_model(inputs_embeds=emb, use_cache=True, logits_to_keep=1)
+    nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+    _sync(device)
+    t4 = clock()
+    past = out.past_key_values
+    for _ in range(new_tokens):
+        out = model.language_model(input_ids=nxt, past_key_values=past, use_cache=True)
+        past = out.past_key_values
+        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+    _sync(device)
+    t5 = clock()
+    return StageTimes(t1 - t0, t2 - t1, t3 - t2, t4 - t3, (t5 - t4) / max(1, new_tokens))
+
+
+def run_bench(frame_counts=(32, 64, 128), settings=tuple(SETTINGS), size="cpu", repeats=3, warmup=1,
+              new_tokens=8, prompt_tokens=32, device="cpu", dtype=torch.float32, video=None, progress=True):
+    """Returns a list of result rows (one per frame count and setting)."""
+    from ..video import load_video
+
+    device = torch.device(device)
+    rows = []
+    torch.manual_seed(0)
+    models = {
+        s: StormForConditionalGeneration(bench_config(s, size)).eval().to(device=device, dtype=dtype) for s in settings
+    }
+    cfg0 = models[settings[0]].config
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(frame_counts) * len(settings) * (warmup + repeats + 1), desc="bench", unit="pass")
+
+    for T in frame_counts:
+        t_decode = None
+        if video is not None:
+            t = time.perf_counter()
+            clip = load_video(video, T)
+            t_decode = time.perf_counter() - t
+            pixel = preprocess_frames(clip.frames, cfg0.vision_config.image_size, cfg0.image_mean, cfg0.image_std)
+        else:
+            pixel = torch.randn(T, 3, cfg0.vision_config.image_size, cfg0.vision_config.image_size)
+        pixel = pixel.to(device=device, dtype=dtype)  # (T, 3, S, S)
+        ids = {s: prompt_ids(models[s], T, prompt_tokens, device) for s in settings}
+
+        def once(s):
+            t = time_once(models[s], pixel, ids[s], new_tokens, device)
+            if bar is not None:
+                bar.update(1)
+            return t
+
+        for s in settings:
+            for _ in range(warmup):
+                once(s)
+        # Repeats go round the settings, so a slow spell on a shared machine hits all of them
+        # alike instead of skewing one setting's median (the ratios are what matter).
+        times = {s: [] for s in settings}
+        for _ in range(repeats):
+            for s in settings:
+                times[s].append(once(s))
+        for s in settings:
+            cfg = models[s].config
+            with PeakMemory(device) as mem:
+                once(s)
+            med = {k: statistics.median(getattr(t, k) for t in times[s])
+                   for k in ("vision", "temporal", "reduction", "prefill", "per_token")}
+            ttft = statistics.median(t.ttft for t in times[s])
+            vis_tokens = cfg.tokens_per_video(T)
+            flops = {"vision": vision_flops(cfg, T) + projector_flops(cfg, T), "temporal": temporal_flops(cfg, T),
+                     "llm_prefill": llm_prefill_flops(cfg, vis_tokens + prompt_tokens)}
+            rows.append({"frames": T, "setting": s, "overrides": SETTINGS[s], "llm_visual_tokens": vis_tokens,
+                         "gflops": {k: round(v / 1e9, 2) for k, v in flops.items()},
+                         "seconds": {k: round(v, 4) for k, v in med.items()}, "ttft_s": round(ttft, 4),
+                         "decode_s": None if t_decode is None else round(t_decode, 4),
+                         "temporal_share": round(med["temporal"] / (ttft + new_tokens * med["per_token"]), 4),
+                         "peak_mem_mib": round(mem.mib, 3)})
+    if bar is not None:
+        bar.close()
+    for r in rows:  # ratios against the baseline of the same frame count, same run
+        base = next((b for b in rows if b["frames"] == r["frames"] and b["setting"] == "baseline"), None)
+        if base:
+            r["token_reduction_x"] = round(base["llm_visual_tokens"] / r["llm_visual_tokens"], 2)
+            r["ttft_speedup_x"] = round(base["ttft_s"] / r["ttft_s"], 2)
+    return rows
