@@ -13,6 +13,7 @@ encoder instead of after it).
 Prints a markdown table: accuracy per question type, LLM visual tokens, seconds per answer.
 Reruns resume: finished trainings and evaluations are reused.
 """
+
 import argparse
 import json
 import os
@@ -32,10 +33,14 @@ VARIANTS = {
     "b": {},
     "c": {"use_temporal_encoder": False, "projector_type": "mlp", "temporal_pool": 1},
 }
-LABELS = {"a": "(a) no encoder + T.pool 4x", "b": "(b) STORM + T.pool 4x", "c": "(c) no encoder, no pooling",
-          "d": "(d) STORM + T.pool 4x + T.sample 2x on 2x frames",
-          "d1": "control: (b) on 2x frames, no sampling",
-          "d2": "control: (b) decoding 1x frames of the 2x clips"}
+LABELS = {
+    "a": "(a) no encoder + T.pool 4x",
+    "b": "(b) STORM + T.pool 4x",
+    "c": "(c) no encoder, no pooling",
+    "d": "(d) STORM + T.pool 4x + T.sample 2x on 2x frames",
+    "d1": "control: (b) on 2x frames, no sampling",
+    "d2": "control: (b) decoding 1x frames of the 2x clips",
+}
 
 
 def run(cmd):
@@ -81,28 +86,59 @@ def main():
     threads = max(1, (os.cpu_count() or 1) // max(1, a.jobs))
     for i in range(0, len(todo), a.jobs):
         procs = []
-        for cfg_path in todo[i:i + a.jobs]:
+        for cfg_path in todo[i : i + a.jobs]:
             print("+ stormvl train", cfg_path, flush=True)
-            procs.append(subprocess.Popen([sys.executable, "-m", "stormvl.cli", "train", str(cfg_path)],
-                                          env=dict(os.environ, OMP_NUM_THREADS=str(threads))))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "stormvl.cli", "train", str(cfg_path)],
+                    env=dict(os.environ, OMP_NUM_THREADS=str(threads)),
+                )
+            )
         if any(p.wait() != 0 for p in procs):
             sys.exit("a training run failed")
-    evals = {"a": ("a", frames, 1, heldout), "b": ("b", frames, 1, heldout), "c": ("c", frames, 1, heldout),
-             "d": ("b", 2 * frames, 2, heldout2), "d1": ("b", 2 * frames, 1, heldout2),
-             "d2": ("b", frames, 1, heldout2)}
+    evals = {
+        "a": ("a", frames, 1, heldout),
+        "b": ("b", frames, 1, heldout),
+        "c": ("c", frames, 1, heldout),
+        "d": ("b", 2 * frames, 2, heldout2),
+        "d1": ("b", 2 * frames, 1, heldout2),
+        "d2": ("b", frames, 1, heldout2),
+    }
     for key, (model, n, s, split) in evals.items():
         eo = out / f"eval_{key}"
-        run([sys.executable, "-m", "stormvl.cli", "eval", "--benchmark", "synthetic", "--annotations",
-             split / "annotations.jsonl", "--model", finals[model], "--frames", n,
-             "--temporal-sample", s, "--out", eo, "--no-progress"])
+        run(
+            [
+                sys.executable,
+                "-m",
+                "stormvl.cli",
+                "eval",
+                "--benchmark",
+                "synthetic",
+                "--annotations",
+                split / "annotations.jsonl",
+                "--model",
+                finals[model],
+                "--frames",
+                n,
+                "--temporal-sample",
+                s,
+                "--out",
+                eo,
+                "--no-progress",
+            ]
+        )
         results[key] = json.loads((eo / "summary.json").read_text())
     tasks = sorted(results["a"]["per_task"])
-    lines = ["| setting | " + " | ".join(tasks) + " | overall | LLM visual tokens | s / answer |",
-             "|---" * (len(tasks) + 4) + "|"]
+    lines = [
+        "| setting | " + " | ".join(tasks) + " | overall | LLM visual tokens | s / answer |",
+        "|---" * (len(tasks) + 4) + "|",
+    ]
     for key, s in results.items():
         row = [f"{s['per_task'][t]['accuracy']:.1f}" for t in tasks]
-        lines.append(f"| {LABELS[key]} | " + " | ".join(row) + f" | {s['overall']:.1f} | {s['settings']['visual_tokens']} "
-                     f"| {s['seconds_per_answer']:.3f} |")
+        lines.append(
+            f"| {LABELS[key]} | " + " | ".join(row) + f" | {s['overall']:.1f} | {s['settings']['visual_tokens']} "
+            f"| {s['seconds_per_answer']:.3f} |"
+        )
     table = "\n".join(lines)
     (out / "table.md").write_text(table + "\n")
     print(table)

@@ -3,6 +3,7 @@ chunk scan, and report the chunked path's GFLOP/s beside a plain matmul measured
 
     python benchmarks/ssd_scan.py [--lengths 4096 16384] [--repeats 5]
 """
+
 import argparse
 import statistics
 import time
@@ -35,15 +36,19 @@ def main():
     try:
         import transformers.utils.logging as tl
         from transformers.models.mamba2.modeling_mamba2 import mamba2_chunk_scan
+
         tl.set_verbosity_error()
     except ImportError:
         mamba2_chunk_scan = None
     torch.manual_seed(0)
     n = 1024
     m1, m2 = torch.randn(n, n), torch.randn(n, n)
-    mm = 2 * n ** 3 / timeit(lambda: m1 @ m2, 10) / 1e9
+    mm = 2 * n**3 / timeit(lambda: m1 @ m2, 10) / 1e9
     print(f"threads={torch.get_num_threads()}  float32 matmul {n}x{n}: {mm:.1f} GFLOP/s")
-    print(f"| length | chunked (ms) | reference (ms) | transformers (ms) | ref/chunked | hf/chunked | chunked GFLOP/s | % of matmul |")
+    print(
+        "| length | chunked (ms) | reference (ms) | transformers (ms) | ref/chunked | hf/chunked "
+        "| chunked GFLOP/s | % of matmul |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     h, p, s = a.heads, a.head_dim, a.state
     with torch.no_grad():
@@ -55,11 +60,17 @@ def main():
             D = torch.randn(h)
             t_c = timeit(lambda: ssd_scan_chunked(x, dt, A, B, C, D, chunk_size=a.chunk), a.repeats)
             t_r = timeit(lambda: ssd_scan_ref(x, dt, A, B, C, D), 1) if L <= a.ref_max_length else float("nan")
-            t_h = timeit(lambda: mamba2_chunk_scan(x, dt, A, B, C, chunk_size=a.chunk, D=D), a.repeats) \
-                if mamba2_chunk_scan else float("nan")
+            t_h = (
+                timeit(lambda: mamba2_chunk_scan(x, dt, A, B, C, chunk_size=a.chunk, D=D), a.repeats)
+                if mamba2_chunk_scan
+                else float("nan")
+            )
             gf = ssd_chunked_flops(1, L, h, p, s, 1, a.chunk) / t_c / 1e9
-            print(f"| {L} | {t_c * 1e3:.1f} | {t_r * 1e3:.1f} | {t_h * 1e3:.1f} | {t_r / t_c:.1f}x | {t_h / t_c:.2f}x "
-                  f"| {gf:.1f} | {100 * gf / mm:.0f}% |", flush=True)
+            print(
+                f"| {L} | {t_c * 1e3:.1f} | {t_r * 1e3:.1f} | {t_h * 1e3:.1f} | {t_r / t_c:.1f}x | {t_h / t_c:.2f}x "
+                f"| {gf:.1f} | {100 * gf / mm:.0f}% |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

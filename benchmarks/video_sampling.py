@@ -5,6 +5,7 @@ seeking) against decoding every frame.
 
     python benchmarks/video_sampling.py [--minutes 10] [--frames 32]
 """
+
 import argparse
 import os
 import tempfile
@@ -27,7 +28,7 @@ def make_video(path, minutes, fps=30):
             f[..., 0] = (xs[None, :] + i) % 256
             f[..., 1] = (i * 7) % 256
             x0 = (i * 3) % 600
-            f[150:210, x0:x0 + 40] = 255
+            f[150:210, x0 : x0 + 40] = 255
             yield f
 
     write_video(path, frames(), fps=fps, crf=28, gop=250)  # libx264's default keyframe interval
@@ -53,8 +54,11 @@ def main():
         s.thread_type = "AUTO"
         total = sum(1 for _ in c.decode(s))
     t_full = time.perf_counter() - t
-    print(f"| task | seconds |\n|---|---|\n| sample {len(clip.frames)} frames (seek) | {t_sample:.2f} |\n"
-          f"| decode all {total} frames | {t_full:.2f} |\n| ratio | {t_sample / t_full:.3f} ({t_full / t_sample:.1f}x faster) |")
+    print(
+        f"| task | seconds |\n|---|---|\n| sample {len(clip.frames)} frames (seek) | {t_sample:.2f} |\n"
+        f"| decode all {total} frames | {t_full:.2f} |\n"
+        f"| ratio | {t_sample / t_full:.3f} ({t_full / t_sample:.1f}x faster) |"
+    )
 
 
 if __name__ == "__main__":

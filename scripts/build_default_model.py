@@ -7,13 +7,12 @@
 3. copies the result into src/stormvl/default_model/ and writes examples/clip.mp4,
 4. evaluates on a held-out split (seed 4242, never used in training) and prints the table.
 """
+
 import argparse
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,16 +38,30 @@ def main():
     runs = ROOT / "runs"
     if not a.skip_train:
         generate_split(runs / "synth_train", a.train_videos, frames=16, seed=1000, progress=True)
-        subprocess.run([sys.executable, "-m", "stormvl.cli", "train", str(ROOT / "scripts" / "default_model.yaml")],
-                       check=True)
+        subprocess.run(
+            [sys.executable, "-m", "stormvl.cli", "train", str(ROOT / "scripts" / "default_model.yaml")], check=True
+        )
         dest = ROOT / "src" / "stormvl" / "default_model"
         shutil.rmtree(dest, ignore_errors=True)
         shutil.copytree(runs / "default_model" / "final", dest)
         write_example(ROOT / "examples" / "clip.mp4")
     generate_split(runs / "synth_heldout", a.eval_videos, frames=16, seed=4242, progress=True)
     shutil.rmtree(runs / "eval_heldout", ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "stormvl.cli", "eval", "--benchmark", "synthetic", "--annotations",
-                    str(runs / "synth_heldout" / "annotations.jsonl"), "--out", str(runs / "eval_heldout")], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stormvl.cli",
+            "eval",
+            "--benchmark",
+            "synthetic",
+            "--annotations",
+            str(runs / "synth_heldout" / "annotations.jsonl"),
+            "--out",
+            str(runs / "eval_heldout"),
+        ],
+        check=True,
+    )
 
 
 if __name__ == "__main__":

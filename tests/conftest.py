@@ -45,3 +45,17 @@ def audio_only_file(tmp_path):
         for p in s.encode():
             out.mux(p)
     return path
+
+
+@pytest.fixture
+def tiny_model(tiny_tokenizer):
+    """A factory: (model, processor) for a tiny STORM with the given StormConfig overrides."""
+    from stormvl import StormForConditionalGeneration, StormProcessor
+    from stormvl.testing import TinySize, tiny_config
+
+    def make(llm="qwen2", **kw):
+        torch.manual_seed(0)
+        cfg = tiny_config(tiny_tokenizer, TinySize(llm=llm), **kw)
+        return StormForConditionalGeneration(cfg).eval(), StormProcessor(tiny_tokenizer, cfg)
+
+    return make

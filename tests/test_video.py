@@ -47,8 +47,6 @@ def test_fps_sampling_and_cap(counter_video):
     assert capped.indices.tolist() == sample_indices(40, 4).tolist()
 
 
-
-
 def test_bad_inputs(tmp_path, counter_video, audio_only_file):
     good, _ = counter_video
     cases = {}
@@ -81,7 +79,7 @@ def test_corrupt_frames_are_skipped(tmp_path):
     path = write_video(tmp_path / "noise.mp4", frames, fps=10, gop=5)
     data = bytearray(path and open(path, "rb").read())
     mid = len(data) // 2
-    data[mid:mid + 400] = bytes(400)
+    data[mid : mid + 400] = bytes(400)
     (tmp_path / "corrupt.mp4").write_bytes(bytes(data))
     clip = load_video(tmp_path / "corrupt.mp4", 10)
     assert clip.frames.shape == (10, 48, 64, 3)

@@ -1,11 +1,38 @@
-"""stormvl: STORM (arXiv 2503.04130) for long-video question answering."""
-from .config import StormConfig
+"""stormvl: STORM (arXiv 2503.04130) for long-video question answering.
+
+The public names load on first use, so `import stormvl` and `stormvl --help` do not pay for
+importing torch and transformers (seconds) until something needs them.
+"""
+
+from __future__ import annotations
+
+import importlib
+
 from .errors import StormError, VideoError
-from .models.storm import StormForConditionalGeneration
-from .pipeline import Answer, StormPipeline, load
-from .processing import StormProcessor, parse_letter
-from .video import load_video
 
 __version__ = "0.1.0"
-__all__ = ["StormConfig", "StormForConditionalGeneration", "StormProcessor", "StormPipeline", "Answer", "load",
-           "parse_letter", "load_video", "StormError", "VideoError", "__version__"]
+
+_LAZY = {
+    "StormConfig": ".config",
+    "StormForConditionalGeneration": ".models.storm",
+    "StormProcessor": ".processing",
+    "parse_letter": ".processing",
+    "StormPipeline": ".pipeline",
+    "Answer": ".pipeline",
+    "load": ".pipeline",
+    "load_video": ".video",
+}
+
+__all__ = [*_LAZY, "StormError", "VideoError", "__version__"]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'stormvl' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)

@@ -4,6 +4,7 @@ Every error a user can cause (a `StormError`: bad video, bad config, missing fil
 line on stderr and exit status 2; anything else is a bug and keeps its traceback. torch and
 transformers are imported inside the commands, so `stormvl --help` stays fast.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,25 +34,41 @@ def cmd_answer(a):
     from .frame_plan import MAX_FRAMES
     from .video import probe
 
-    _quiet_transformers()
-    info = probe(a.video)  # fail fast, before loading the model
-    pipe = _load_pipeline(a.model)
-    frames = a.frames if a.frames is not None else pipe.config.num_frames
-    if not 1 <= frames <= MAX_FRAMES:
-        raise InputError(f"{a.video}: num_frames must be an integer in [1, {MAX_FRAMES}], got {frames}")
+    # Arguments and the video are checked before torch and the model load (seconds).
+    if a.frames is not None and not 1 <= a.frames <= MAX_FRAMES:
+        raise InputError(f"{a.video}: num_frames must be an integer in [1, {MAX_FRAMES}], got {a.frames}")
     if a.temporal_sample is not None and a.temporal_sample < 1:
         raise InputError(f"--temporal-sample must be >= 1, got {a.temporal_sample}")
+    info = probe(a.video)
+    _quiet_transformers()
+    pipe = _load_pipeline(a.model)
+    frames = a.frames if a.frames is not None else pipe.config.num_frames
     options = a.options or None
     if not a.json:
-        print(f"{a.video}: {info.duration:.1f} s, {info.num_frames} frames; sampling {frames} -> "
-              f"{pipe.config.tokens_per_video(frames, a.temporal_sample)} visual tokens", file=sys.stderr)
+        print(
+            f"{a.video}: {info.duration:.1f} s, {info.num_frames} frames; sampling {frames} -> "
+            f"{pipe.config.tokens_per_video(frames, a.temporal_sample)} visual tokens",
+            file=sys.stderr,
+        )
     # A progress bar (stderr) only where decoding takes a noticeable time.
-    ans = pipe.answer(a.video, a.question, options, num_frames=frames, temporal_sample=a.temporal_sample,
-                      progress=info.duration > 120)
+    ans = pipe.answer(
+        a.video, a.question, options, num_frames=frames, temporal_sample=a.temporal_sample, progress=info.duration > 120
+    )
     if a.json:
-        print(json.dumps({"video": a.video, "question": a.question, "options": options, "answer": ans.text,
-                          "letter": ans.letter, "num_frames": ans.num_frames, "visual_tokens": ans.visual_tokens,
-                          "timestamps": ans.timestamps}))
+        print(
+            json.dumps(
+                {
+                    "video": a.video,
+                    "question": a.question,
+                    "options": options,
+                    "answer": ans.text,
+                    "letter": ans.letter,
+                    "num_frames": ans.num_frames,
+                    "visual_tokens": ans.visual_tokens,
+                    "timestamps": ans.timestamps,
+                }
+            )
+        )
     else:
         print(ans.text)
 
@@ -98,18 +115,34 @@ def cmd_eval(a):
         dist.init_process_group("gloo")
     pipe = _load_pipeline(a.model)
     frames = a.frames if a.frames is not None else pipe.config.num_frames
-    evaluate(pipe, records, a.out, video_root=video_root, num_frames=frames, temporal_sample=a.temporal_sample,
-             rank=rank, world=world, progress=not a.no_progress)
+    evaluate(
+        pipe,
+        records,
+        a.out,
+        video_root=video_root,
+        num_frames=frames,
+        temporal_sample=a.temporal_sample,
+        rank=rank,
+        world=world,
+        progress=not a.no_progress,
+    )
     if world > 1:
         dist.barrier()
     if rank == 0:
         c = pipe.config
-        settings = {"benchmark": a.benchmark, "annotations": os.path.abspath(a.annotations),
-                    "model": os.path.abspath(a.model) if a.model else "embedded-default", "num_frames": frames,
-                    "temporal_sample": a.temporal_sample or c.temporal_sample, "temporal_pool": c.temporal_pool,
-                    "spatial_pool": c.spatial_pool, "use_temporal_encoder": c.use_temporal_encoder,
-                    "visual_tokens": c.tokens_per_video(frames, a.temporal_sample), "choice_mode": c.choice_mode,
-                    "processes": world}
+        settings = {
+            "benchmark": a.benchmark,
+            "annotations": os.path.abspath(a.annotations),
+            "model": os.path.abspath(a.model) if a.model else "embedded-default",
+            "num_frames": frames,
+            "temporal_sample": a.temporal_sample or c.temporal_sample,
+            "temporal_pool": c.temporal_pool,
+            "spatial_pool": c.spatial_pool,
+            "use_temporal_encoder": c.use_temporal_encoder,
+            "visual_tokens": c.tokens_per_video(frames, a.temporal_sample),
+            "choice_mode": c.choice_mode,
+            "processes": world,
+        }
         summary = merge(a.out, records, settings)
         print(format_summary(summary))
         print(f"summary: {os.path.join(a.out, 'summary.json')}", file=sys.stderr)
@@ -137,14 +170,33 @@ def cmd_bench(a):
         from .video import probe
 
         probe(a.video)
-    rows = run_bench(a.frames, settings, size=a.size, repeats=a.repeats, warmup=a.warmup, device=a.device,
-                     dtype=getattr(torch, a.dtype), video=a.video, progress=True)
-    meta = {"size": a.size, "device": a.device, "dtype": a.dtype, "repeats": a.repeats, "warmup": a.warmup,
-            "threads": torch.get_num_threads(), "torch": torch.__version__, "video": a.video}
+    rows = run_bench(
+        a.frames,
+        settings,
+        size=a.size,
+        repeats=a.repeats,
+        warmup=a.warmup,
+        device=a.device,
+        dtype=getattr(torch, a.dtype),
+        video=a.video,
+        progress=True,
+    )
+    meta = {
+        "size": a.size,
+        "device": a.device,
+        "dtype": a.dtype,
+        "repeats": a.repeats,
+        "warmup": a.warmup,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "video": a.video,
+    }
     table, plotted = write_outputs(rows, a.out, meta)
     print(table)
-    print(f"wrote {a.out}/bench.json, bench.md" + (", bench.png" if plotted else " (install matplotlib for the plot)"),
-          file=sys.stderr)
+    print(
+        f"wrote {a.out}/bench.json, bench.md" + (", bench.png" if plotted else " (install matplotlib for the plot)"),
+        file=sys.stderr,
+    )
 
 
 def build_parser():

@@ -35,19 +35,29 @@ FIELDS: dict[str, Field] = {
     "vision_config": Field(None, "vision", "fixed", "The vision tower's transformers config (SigLIP by default)."),
     "text_config": Field(None, "vision", "fixed", "The causal LM's transformers config (Qwen2 by default)."),
     "projector_type": Field(
-        "linear", "vision", "fixed", "'linear' (STORM) or 'mlp' (VILA's two-layer projector, the baseline).",
+        "linear",
+        "vision",
+        "fixed",
+        "'linear' (STORM) or 'mlp' (VILA's two-layer projector, the baseline).",
         ("linear", "mlp"),
     ),
-    "downsample": Field(2, "vision", "fixed", "Pixel-shuffle factor before the projector: 2 makes 2x2 patches one token."),
+    "downsample": Field(
+        2, "vision", "fixed", "Pixel-shuffle factor before the projector: 2 makes 2x2 patches one token."
+    ),
     "vision_batch_size": Field(32, "vision", "any", "Frames per vision-tower call; bounds memory, not results."),
     # -- temporal encoder --------------------------------------------------------------------------
-    "use_temporal_encoder": Field(True, "temporal encoder", "fixed", "False is the VILA baseline in the same code path."),
+    "use_temporal_encoder": Field(
+        True, "temporal encoder", "fixed", "False is the VILA baseline in the same code path."
+    ),
     "temporal_layers": Field(2, "temporal encoder", "fixed", "Mamba layers L (the paper does not give L)."),
     "temporal_bidirectional": Field(
         True, "temporal encoder", "fixed", "Scan both ways (the paper's default); False streams (Table 7)."
     ),
     "temporal_merge": Field(
-        "add", "temporal encoder", "fixed", "How the two scan directions combine: 'add', or 'concat' + Linear.",
+        "add",
+        "temporal encoder",
+        "fixed",
+        "How the two scan directions combine: 'add', or 'concat' + Linear.",
         ("add", "concat"),
     ),
     "mamba_state_size": Field(64, "temporal encoder", "fixed", "SSM state size n per head."),
@@ -65,16 +75,23 @@ FIELDS: dict[str, Field] = {
     "video_token": Field("<video>", "prompting", "fixed", "The placeholder token the processor expands."),
     "video_token_id": Field(None, "prompting", "fixed", "Its id in the tokenizer (filled in by the processor)."),
     "video_position": Field(
-        "before", "prompting", "training", "The video 'before' the question (LLaVA's convention) or 'after' it.",
+        "before",
+        "prompting",
+        "training",
+        "The video 'before' the question (LLaVA's convention) or 'after' it.",
         ("before", "after"),
     ),
     "choice_mode": Field(
-        "generate", "prompting", "any",
+        "generate",
+        "prompting",
+        "any",
         "Multiple choice: 'generate' a letter, or rank the options by 'likelihood' (one encoding for all).",
         ("generate", "likelihood"),
     ),
     # -- preprocessing -----------------------------------------------------------------------------
-    "image_mean": Field((0.5, 0.5, 0.5), "preprocessing", "fixed", "Per-channel mean the vision tower was trained with."),
+    "image_mean": Field(
+        (0.5, 0.5, 0.5), "preprocessing", "fixed", "Per-channel mean the vision tower was trained with."
+    ),
     "image_std": Field((0.5, 0.5, 0.5), "preprocessing", "fixed", "Per-channel std the vision tower was trained with."),
 }
 

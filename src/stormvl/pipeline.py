@@ -1,4 +1,5 @@
 """The short path from a video file and a question to an answer."""
+
 from __future__ import annotations
 
 import os
@@ -19,7 +20,7 @@ DEFAULT_MODEL = Path(__file__).parent / "default_model"
 @dataclass
 class Answer:
     text: str
-    letter: str | None       # parsed option letter for multiple-choice questions
+    letter: str | None  # parsed option letter for multiple-choice questions
     num_frames: int
     visual_tokens: int
     timestamps: list[float]
@@ -35,9 +36,18 @@ class StormPipeline:
     def device(self):
         return next(self.model.parameters()).device
 
-    def answer(self, video, question: str, options: list[str] | None = None, *, num_frames: int | None = None,
-               fps: float | None = None, temporal_sample: int | None = None, max_new_tokens: int = 32,
-               progress: bool = False) -> Answer:
+    def answer(
+        self,
+        video,
+        question: str,
+        options: list[str] | None = None,
+        *,
+        num_frames: int | None = None,
+        fps: float | None = None,
+        temporal_sample: int | None = None,
+        max_new_tokens: int = 32,
+        progress: bool = False,
+    ) -> Answer:
         n = self.config.num_frames if num_frames is None else num_frames
         check_options(options)
         clip = video if isinstance(video, VideoClip) else load_video(video, n, fps=fps, max_frames=n, progress=progress)
@@ -46,25 +56,32 @@ class StormPipeline:
             letter = OPTION_LETTERS[best]
             text = f"{letter}. {options[best]}"
         else:
-            batch = self.processor([clip.frames], [self.processor.prompt_text(question, options)],
-                                   temporal_sample=temporal_sample)
+            batch = self.processor(
+                [clip.frames], [self.processor.prompt_text(question, options)], temporal_sample=temporal_sample
+            )
             out = self.model.generate(**move_batch(batch, self.device), max_new_tokens=max_new_tokens, do_sample=False)
             text = self.processor.decode(out[0])
             letter = parse_letter(text, len(options)) if options else None
-        return Answer(text=text, letter=letter, num_frames=len(clip.frames),
-                      visual_tokens=self.config.tokens_per_video(len(clip.frames), temporal_sample),
-                      timestamps=[round(float(t), 3) for t in clip.timestamps])
+        return Answer(
+            text=text,
+            letter=letter,
+            num_frames=len(clip.frames),
+            visual_tokens=self.config.tokens_per_video(len(clip.frames), temporal_sample),
+            timestamps=[round(float(t), 3) for t in clip.timestamps],
+        )
 
     @torch.no_grad()
-    def option_scores(self, clip: VideoClip, question: str, options: list[str], temporal_sample=None,
-                      return_greedy: bool = False):
+    def option_scores(
+        self, clip: VideoClip, question: str, options: list[str], temporal_sample=None, return_greedy: bool = False
+    ):
         """Log-probability of each option (its tokens and the end of the answer) as the reply to
         the open question: the video is encoded once and shared by every option's sequence. With
         `return_greedy`, also whether greedy decoding would have produced each option."""
         prompt = self.processor.prompt_text(question)
         pixel = self.processor.preprocess(clip.frames)  # once; every option's row shares the encoding
-        batch = self.processor([pixel] * len(options), [prompt] * len(options), answers=list(options),
-                               temporal_sample=temporal_sample)
+        batch = self.processor(
+            [pixel] * len(options), [prompt] * len(options), answers=list(options), temporal_sample=temporal_sample
+        )
         feats = self.model.get_video_features(pixel[None].to(self.device), batch["temporal_sample"])[0]
         batch = move_batch({k: v for k, v in batch.items() if k != "pixel_values_videos"}, self.device)
         emb = self.model.get_inputs_embeds(batch["input_ids"], video_features=[feats] * len(options))
@@ -87,8 +104,11 @@ def load(path: str | os.PathLike | None = None, device: str | None = None, dtype
         raise ModelFolderError(f"{path}: model folder not found")
     if not (path / "config.json").is_file():
         raise ModelFolderError(f"{path}: not a STORM model folder (no config.json)")
-    model = StormForConditionalGeneration.from_pretrained(path, dtype=dtype) if dtype else \
-        StormForConditionalGeneration.from_pretrained(path)
+    model = (
+        StormForConditionalGeneration.from_pretrained(path, dtype=dtype)
+        if dtype
+        else StormForConditionalGeneration.from_pretrained(path)
+    )
     processor = StormProcessor.from_pretrained(path, model.config)
     if device:
         model.to(device)

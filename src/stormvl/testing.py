@@ -85,4 +85,3 @@ def tiny_config(tokenizer, size: TinySize | None = None, **storm_kwargs) -> Stor
         video_token_id=tokenizer.convert_tokens_to_ids("<video>"),
         **kw,
     )
-

@@ -43,9 +43,9 @@ class VideoInfo:
 
 @dataclass
 class VideoClip:
-    frames: np.ndarray        # (N, H, W, 3) uint8 RGB
-    timestamps: np.ndarray    # (N,) seconds from the start of the video
-    indices: np.ndarray       # (N,) frame indices in the video
+    frames: np.ndarray  # (N, H, W, 3) uint8 RGB
+    timestamps: np.ndarray  # (N,) seconds from the start of the video
+    indices: np.ndarray  # (N,) frame indices in the video
     info: VideoInfo
 
 
@@ -62,7 +62,9 @@ def _open(path):
     try:
         container = av.open(path)
     except av.error.FFmpegError as e:
-        raise VideoError(f"{path}: not a readable video (corrupt, truncated or not a video: {e.strerror or e})") from None
+        raise VideoError(
+            f"{path}: not a readable video (corrupt, truncated or not a video: {e.strerror or e})"
+        ) from None
     except Exception as e:  # PyAV raises a few plain errors for garbage input
         raise VideoError(f"{path}: not a readable video ({e})") from None
     if not container.streams.video:
@@ -113,8 +115,15 @@ def load_video(
         info = _info(path, container)
 
         def plan():
-            return plan_frames(info.num_frames, info.fps, info.duration, num_frames=num_frames, fps=fps,
-                               max_frames=max_frames, where=path)
+            return plan_frames(
+                info.num_frames,
+                info.fps,
+                info.duration,
+                num_frames=num_frames,
+                fps=fps,
+                max_frames=max_frames,
+                where=path,
+            )
 
         if info.num_frames <= 0:
             frames = _decode_all(path, container)
@@ -149,7 +158,7 @@ def _decode_all(path, container):
             out.append(frame.to_ndarray(format="rgb24"))
     except av.error.FFmpegError as e:
         if out:
-            warnings.warn(f"{path}: stream ends early after {len(out)} frames ({e})")
+            warnings.warn(f"{path}: stream ends early after {len(out)} frames ({e})", stacklevel=2)
     return out
 
 
@@ -176,8 +185,8 @@ def _decode_indices(path, container, info, targets, seek, progress=False):
     # Seek only across gaps longer than a couple of seconds: below that, decoding on is cheaper
     # than jumping back to the previous keyframe.
     gap = max(2, int(2 * info.fps))
-    pos = -1          # index of the last decoded frame
-    last = None       # (index, frame) of the last decoded frame
+    pos = -1  # index of the last decoded frame
+    last = None  # (index, frame) of the last decoded frame
     errors = 0
     t = 0
     while t < len(targets):
@@ -216,7 +225,7 @@ def _decode_indices(path, container, info, targets, seek, progress=False):
                 t = len(targets)
         except av.error.FFmpegError as e:
             errors += 1
-            warnings.warn(f"{path}: skipped undecodable data near frame {target} ({e})")
+            warnings.warn(f"{path}: skipped undecodable data near frame {target} ({e})", stacklevel=2)
             if not progressed:
                 t += 1  # give up on this target; its neighbours stand in
             if errors > 16:

@@ -12,13 +12,13 @@ def vision_flops(cfg: StormConfig, frames: int) -> float:
     n = (v.image_size // v.patch_size) ** 2
     d, i, L = v.hidden_size, v.intermediate_size, v.num_hidden_layers
     per_layer = 2 * n * (4 * d * d + 2 * d * i) + 4 * n * n * d
-    patch = 2 * n * 3 * v.patch_size ** 2 * d
+    patch = 2 * n * 3 * v.patch_size**2 * d
     return frames * (L * per_layer + patch)
 
 
 def projector_flops(cfg: StormConfig, frames: int) -> float:
     g = cfg.grid_size[0] * cfg.grid_size[1]
-    din, d = cfg.vision_config.hidden_size * cfg.downsample ** 2, cfg.text_config.hidden_size
+    din, d = cfg.vision_config.hidden_size * cfg.downsample**2, cfg.text_config.hidden_size
     return frames * g * 2 * (din * d + (d * d if cfg.projector_type == "mlp" else 0))
 
 
@@ -30,8 +30,9 @@ def temporal_flops(cfg: StormConfig, frames: int) -> float:
     di = cfg.mamba_expand * d
     heads = di // cfg.mamba_head_dim
     proj = 2 * tokens * d * (2 * di + 2 * cfg.mamba_n_groups * cfg.mamba_state_size + heads) + 2 * tokens * di * d
-    scan = ssd_chunked_flops(1, tokens, heads, cfg.mamba_head_dim, cfg.mamba_state_size, cfg.mamba_n_groups,
-                             cfg.mamba_chunk_size)
+    scan = ssd_chunked_flops(
+        1, tokens, heads, cfg.mamba_head_dim, cfg.mamba_state_size, cfg.mamba_n_groups, cfg.mamba_chunk_size
+    )
     directions = 2 if cfg.temporal_bidirectional else 1
     return cfg.temporal_layers * directions * (proj + scan)
 
@@ -42,5 +43,3 @@ def llm_prefill_flops(cfg: StormConfig, tokens: int) -> float:
     kv = d * t.num_key_value_heads // t.num_attention_heads
     per_layer = 2 * tokens * (2 * d * d + 2 * d * kv + 3 * d * i) + 2 * tokens * tokens * d  # causal: half of 4*T^2*d
     return L * per_layer + 2 * tokens * d * t.vocab_size / tokens  # lm head on the last position only
-
-

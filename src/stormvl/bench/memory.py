@@ -41,7 +41,7 @@ class PeakMemory:
 
     @property
     def mib(self):
-        return self.peak / 2 ** 20
+        return self.peak / 2**20
 
 
 class _LiveStorageTally(TorchDispatchMode):

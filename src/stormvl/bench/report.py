@@ -7,15 +7,19 @@ import os
 
 
 def format_table(rows) -> str:
-    lines = ["| frames | setting | LLM visual tokens | tokens / | GFLOPs vision / temporal / LLM | vision s | temporal s "
-             "| prefill s | s / token | TTFT s | TTFT speed-up | temporal share | peak MiB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| frames | setting | LLM visual tokens | tokens / | GFLOPs vision / temporal / LLM | vision s | temporal s "
+        "| prefill s | s / token | TTFT s | TTFT speed-up | temporal share | peak MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         g, s = r["gflops"], r["seconds"]
-        lines.append(f"| {r['frames']} | {r['setting']} | {r['llm_visual_tokens']} | {r.get('token_reduction_x', '')}x "
-                     f"| {g['vision']:.0f} / {g['temporal']:.0f} / {g['llm_prefill']:.0f} | {s['vision']:.3f} "
-                     f"| {s['temporal']:.3f} | {s['prefill']:.3f} | {s['per_token']:.4f} | {r['ttft_s']:.3f} "
-                     f"| {r.get('ttft_speedup_x', '')}x | {100 * r['temporal_share']:.1f}% | {r['peak_mem_mib']:.0f} |")
+        lines.append(
+            f"| {r['frames']} | {r['setting']} | {r['llm_visual_tokens']} | {r.get('token_reduction_x', '')}x "
+            f"| {g['vision']:.0f} / {g['temporal']:.0f} / {g['llm_prefill']:.0f} | {s['vision']:.3f} "
+            f"| {s['temporal']:.3f} | {s['prefill']:.3f} | {s['per_token']:.4f} | {r['ttft_s']:.3f} "
+            f"| {r.get('ttft_speedup_x', '')}x | {100 * r['temporal_share']:.1f}% | {r['peak_mem_mib']:.0f} |"
+        )
     return "\n".join(lines)
 
 

@@ -74,8 +74,19 @@ def time_once(model: StormForConditionalGeneration, pixel, input_ids, new_tokens
     return StageTimes(t1 - t0, t2 - t1, t3 - t2, t4 - t3, (t5 - t4) / max(1, new_tokens))
 
 
-def run_bench(frame_counts=(32, 64, 128), settings=tuple(SETTINGS), size="cpu", repeats=3, warmup=1,
-              new_tokens=8, prompt_tokens=32, device="cpu", dtype=torch.float32, video=None, progress=True):
+def run_bench(
+    frame_counts=(32, 64, 128),
+    settings=tuple(SETTINGS),
+    size="cpu",
+    repeats=3,
+    warmup=1,
+    new_tokens=8,
+    prompt_tokens=32,
+    device="cpu",
+    dtype=torch.float32,
+    video=None,
+    progress=True,
+):
     """Returns a list of result rows (one per frame count and setting)."""
     from ..video import load_video
 
@@ -123,18 +134,31 @@ def run_bench(frame_counts=(32, 64, 128), settings=tuple(SETTINGS), size="cpu", 
             cfg = models[s].config
             with PeakMemory(device) as mem:
                 once(s)
-            med = {k: statistics.median(getattr(t, k) for t in times[s])
-                   for k in ("vision", "temporal", "reduction", "prefill", "per_token")}
+            med = {
+                k: statistics.median(getattr(t, k) for t in times[s])
+                for k in ("vision", "temporal", "reduction", "prefill", "per_token")
+            }
             ttft = statistics.median(t.ttft for t in times[s])
             vis_tokens = cfg.tokens_per_video(T)
-            flops = {"vision": vision_flops(cfg, T) + projector_flops(cfg, T), "temporal": temporal_flops(cfg, T),
-                     "llm_prefill": llm_prefill_flops(cfg, vis_tokens + prompt_tokens)}
-            rows.append({"frames": T, "setting": s, "overrides": SETTINGS[s], "llm_visual_tokens": vis_tokens,
-                         "gflops": {k: round(v / 1e9, 2) for k, v in flops.items()},
-                         "seconds": {k: round(v, 4) for k, v in med.items()}, "ttft_s": round(ttft, 4),
-                         "decode_s": None if t_decode is None else round(t_decode, 4),
-                         "temporal_share": round(med["temporal"] / (ttft + new_tokens * med["per_token"]), 4),
-                         "peak_mem_mib": round(mem.mib, 3)})
+            flops = {
+                "vision": vision_flops(cfg, T) + projector_flops(cfg, T),
+                "temporal": temporal_flops(cfg, T),
+                "llm_prefill": llm_prefill_flops(cfg, vis_tokens + prompt_tokens),
+            }
+            rows.append(
+                {
+                    "frames": T,
+                    "setting": s,
+                    "overrides": SETTINGS[s],
+                    "llm_visual_tokens": vis_tokens,
+                    "gflops": {k: round(v / 1e9, 2) for k, v in flops.items()},
+                    "seconds": {k: round(v, 4) for k, v in med.items()},
+                    "ttft_s": round(ttft, 4),
+                    "decode_s": None if t_decode is None else round(t_decode, 4),
+                    "temporal_share": round(med["temporal"] / (ttft + new_tokens * med["per_token"]), 4),
+                    "peak_mem_mib": round(mem.mib, 3),
+                }
+            )
     if bar is not None:
         bar.close()
     for r in rows:  # ratios against the baseline of the same frame count, same run

@@ -27,16 +27,40 @@ BASE = {"temporal_layers": 1, "mamba_head_dim": 64, "mamba_state_size": 64, "mam
 SIZES: dict[str, tuple[dict, dict]] = {
     # name: (vision tower, LLM)
     "cpu": (
-        dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4, image_size=224,
-             patch_size=14),
-        dict(hidden_size=384, intermediate_size=2048, num_hidden_layers=24, num_attention_heads=6,
-             num_key_value_heads=2, vocab_size=32000),
+        dict(
+            hidden_size=256,
+            intermediate_size=1024,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            image_size=224,
+            patch_size=14,
+        ),
+        dict(
+            hidden_size=384,
+            intermediate_size=2048,
+            num_hidden_layers=24,
+            num_attention_heads=6,
+            num_key_value_heads=2,
+            vocab_size=32000,
+        ),
     ),
     "tiny": (  # for tests
-        dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=56,
-             patch_size=14),
-        dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-             num_key_value_heads=1, vocab_size=256),
+        dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=56,
+            patch_size=14,
+        ),
+        dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            vocab_size=256,
+        ),
     ),
 }
 

@@ -1,6 +1,7 @@
 """Training samples from annotation files: multiple-choice records (the synthetic and benchmark
 type) or LLaVA-style conversations `{"video": path, "conversations": [{"from": "human", ...},
 {"from": "gpt", ...}]}`. Each sample becomes (frames, prompt, answer)."""
+
 from __future__ import annotations
 
 import json
@@ -18,10 +19,10 @@ from .records import MCRecord
 
 @dataclass
 class Sample:
-    video: str          # resolved path
+    video: str  # resolved path
     question: str
     options: list[str] | None
-    answer: str         # what the model should say
+    answer: str  # what the model should say
 
 
 def _read_any(path: Path) -> list[dict]:
@@ -58,8 +59,10 @@ def read_training_samples(files, video_root=None) -> list[Sample]:
                 r = MCRecord.from_json(row)
                 samples.append(Sample(path, r.question, r.options, r.answer))
             else:
-                raise DataFormatError(f"{f}: record {i} is neither a conversation nor a multiple-choice record "
-                                 "(needs 'conversations', or 'question'+'options'+'answer')")
+                raise DataFormatError(
+                    f"{f}: record {i} is neither a conversation nor a multiple-choice record "
+                    "(needs 'conversations', or 'question'+'options'+'answer')"
+                )
     if not samples:
         raise DataFormatError(f"no training samples in {list(map(str, files))}")
     return samples
@@ -92,6 +95,6 @@ class VideoQADataset(Dataset):
         try:
             frames = self.frames(i)
         except VideoError as e:
-            warnings.warn(f"skipping training sample {i}: {e}")
+            warnings.warn(f"skipping training sample {i}: {e}", stacklevel=2)
             return None
         return frames, s.question, s.options, s.answer

@@ -1,4 +1,5 @@
 """The one multiple-choice record type every benchmark reader and the synthetic generator emit."""
+
 from __future__ import annotations
 
 import json
@@ -10,10 +11,10 @@ from dataclasses import asdict, dataclass, field
 @dataclass
 class MCRecord:
     id: str
-    video: str                  # path, absolute or relative to the annotation file's video root
+    video: str  # path, absolute or relative to the annotation file's video root
     question: str
-    options: list[str]          # option texts without letters
-    answer: str                 # correct letter, "A".."E"
+    options: list[str]  # option texts without letters
+    answer: str  # correct letter, "A".."E"
     task_type: str = ""
     duration: float | str | None = None
     subtitles: str | None = None
@@ -31,7 +32,7 @@ class MCRecord:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, d: dict) -> "MCRecord":
+    def from_json(cls, d: dict) -> MCRecord:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 

@@ -9,9 +9,9 @@ real H.264 mp4, with a 4-option question of one of five types:
   recall     which shape was shown at the very beginning (then hidden behind later distractors)
 Everything is drawn from `random.Random(seed)`, so a split is reproducible from its seed.
 """
+
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
@@ -21,8 +21,14 @@ from ..errors import InputError
 from .records import MCRecord, write_jsonl
 
 COLORS = {
-    "red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 240), "yellow": (240, 220, 40),
-    "white": (240, 240, 240), "magenta": (220, 60, 220), "cyan": (50, 220, 230), "orange": (250, 140, 20),
+    "red": (230, 40, 40),
+    "green": (40, 200, 60),
+    "blue": (50, 90, 240),
+    "yellow": (240, 220, 40),
+    "white": (240, 240, 240),
+    "magenta": (220, 60, 220),
+    "cyan": (50, 220, 230),
+    "orange": (250, 140, 20),
 }
 SHAPES = ["square", "circle", "triangle", "cross"]
 DIRECTIONS = ["left", "right", "up", "down"]
@@ -35,11 +41,11 @@ CAPTION_PROMPT = "Describe the video."
 
 
 def _mask(shape: str, r: int) -> np.ndarray:
-    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
     if shape == "square":
         return np.ones_like(yy, dtype=bool)
     if shape == "circle":
-        return xx ** 2 + yy ** 2 <= r * r
+        return xx**2 + yy**2 <= r * r
     if shape == "triangle":
         return (yy >= -r) & (np.abs(xx) <= (yy + r) / 2)
     if shape == "cross":
@@ -53,7 +59,7 @@ def draw(frame: np.ndarray, shape: str, color: str, cx: float, cy: float, r: int
     x0, y0 = int(round(cx)) - r, int(round(cy)) - r
     h, w = frame.shape[:2]
     ys, xs = slice(max(0, y0), min(h, y0 + 2 * r + 1)), slice(max(0, x0), min(w, x0 + 2 * r + 1))
-    mm = m[ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0]
+    mm = m[ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0]
     frame[ys, xs][mm] = COLORS[color]
 
 
@@ -108,8 +114,13 @@ def make_sample(rng: random.Random, task: str, n: int):
         opts = [first, second, *sorted(distract)]
         rng.shuffle(opts)
         ans = "ABCD"[opts.index(first)]
-        truth = {"first": first, "second": second, "t1": t1, "t2": t2,
-                 "caption": f"the {first} appears then the {second}"}
+        truth = {
+            "first": first,
+            "second": second,
+            "t1": t1,
+            "t2": t2,
+            "caption": f"the {first} appears then the {second}",
+        }
     elif task == "count":
         shape, color = rng.choice(SHAPES), rng.choice(colors)
         k = rng.randint(1, 4)
@@ -167,15 +178,21 @@ def vocabulary() -> list[str]:
 
     words = set(COLORS) | set(SHAPES) | set(DIRECTIONS) | set(COUNTS) | set("ABCDE")
     texts = [
-        "Which direction does the move ?", "Which shape appears first ?", "How many times does the flash ?",
-        "What color is the at the start end of the video ?", "Which shape was shown at the beginning of the video ?",
-        MC_INSTRUCTION, CAPTION_PROMPT, "user : assistant : . , ( ) answer is appears then flashes times moves shown first",
+        "Which direction does the move ?",
+        "Which shape appears first ?",
+        "How many times does the flash ?",
+        "What color is the at the start end of the video ?",
+        "Which shape was shown at the beginning of the video ?",
+        MC_INSTRUCTION,
+        CAPTION_PROMPT,
+        "user : assistant : . , ( ) answer is appears then flashes times moves shown first",
     ]
     return sorted(words), texts
 
 
-def generate_split(out_dir, num: int, frames: int = 16, seed: int = 0, tasks=TASKS, write_videos: bool = True,
-                   progress: bool = False) -> list[MCRecord]:
+def generate_split(
+    out_dir, num: int, frames: int = 16, seed: int = 0, tasks=TASKS, write_videos: bool = True, progress: bool = False
+) -> list[MCRecord]:
     """Write `num` samples into `out_dir`: videos/*.mp4, annotations.jsonl (multiple-choice
     records) and captions.jsonl (LLaVA-style "describe the video" conversations, the perception
     data of the alignment stage). Tasks cycle so every type gets an equal share. Existing complete
@@ -200,11 +217,31 @@ def generate_split(out_dir, num: int, frames: int = 16, seed: int = 0, tasks=TAS
         path = out / "videos" / f"{vid}.mp4"
         if write_videos and not path.exists():
             write_video(path, f, fps=FPS)
-        records.append(MCRecord(id=vid, video=f"videos/{vid}.mp4", question=q, options=opts, answer=ans,
-                                task_type=task, duration=frames / FPS, extra={"truth": truth, "seed": seed}))
+        records.append(
+            MCRecord(
+                id=vid,
+                video=f"videos/{vid}.mp4",
+                question=q,
+                options=opts,
+                answer=ans,
+                task_type=task,
+                duration=frames / FPS,
+                extra={"truth": truth, "seed": seed},
+            )
+        )
     write_jsonl(out / "annotations.jsonl", records)
-    write_jsonl(out / "captions.jsonl", [
-        {"id": r.id, "video": r.video,
-         "conversations": [{"from": "human", "value": f"<video>\n{CAPTION_PROMPT}"},
-                           {"from": "gpt", "value": r.extra["truth"]["caption"]}]} for r in records])
+    write_jsonl(
+        out / "captions.jsonl",
+        [
+            {
+                "id": r.id,
+                "video": r.video,
+                "conversations": [
+                    {"from": "human", "value": f"<video>\n{CAPTION_PROMPT}"},
+                    {"from": "gpt", "value": r.extra["truth"]["caption"]},
+                ],
+            }
+            for r in records
+        ],
+    )
     return records

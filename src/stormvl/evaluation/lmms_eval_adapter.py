@@ -14,6 +14,7 @@ Multi-process runs work as usual: `accelerate launch -m lmms_eval ...`.
 `generate_until` answers generation tasks (most multiple-choice video tasks in lmms-eval);
 `loglikelihood` scores a continuation with the same option scoring as `choice_mode="likelihood"`.
 """
+
 from __future__ import annotations
 
 import sys
@@ -27,14 +28,22 @@ except Exception:
 try:  # the older registry (it imports `evaluate`); lmms-eval 0.7 uses the entry point instead
     from lmms_eval.api.registry import register_model as _register
 except Exception:
+
     def _register(*names):
         return lambda cls: cls
 
 
 @_register("stormvl")
 class StormLMMS(_Base):
-    def __init__(self, pretrained: str | None = None, num_frames: int | None = None, temporal_sample: int | None = None,
-                 device: str | None = None, batch_size: int = 1, **kwargs):
+    def __init__(
+        self,
+        pretrained: str | None = None,
+        num_frames: int | None = None,
+        temporal_sample: int | None = None,
+        device: str | None = None,
+        batch_size: int = 1,
+        **kwargs,
+    ):
         if _Base is not object:
             super().__init__()
         from ..pipeline import load
@@ -52,8 +61,13 @@ class StormLMMS(_Base):
             return ""
         until = gen_kwargs.get("until") or []
         until = [until] if isinstance(until, str) else list(until)
-        ans = self.pipe.answer(videos[0], context, num_frames=self.num_frames, temporal_sample=self.temporal_sample,
-                               max_new_tokens=int(gen_kwargs.get("max_new_tokens", 32)))
+        ans = self.pipe.answer(
+            videos[0],
+            context,
+            num_frames=self.num_frames,
+            temporal_sample=self.temporal_sample,
+            max_new_tokens=int(gen_kwargs.get("max_new_tokens", 32)),
+        )
         text = ans.text
         for stop in until:
             if stop and stop in text:
@@ -83,8 +97,9 @@ class StormLMMS(_Base):
             if self._last_clip[0] != key:  # one request per option of the same video: decode once
                 self._last_clip = (key, load_video(*key))
             clip = self._last_clip[1]
-            score, greedy = self.pipe.option_scores(clip, context, [continuation], self.temporal_sample,
-                                                    return_greedy=True)
+            score, greedy = self.pipe.option_scores(
+                clip, context, [continuation], self.temporal_sample, return_greedy=True
+            )
             out.append((float(score[0]), bool(greedy[0])))
         return out
 

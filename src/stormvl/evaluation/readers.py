@@ -9,6 +9,7 @@
 | mvbench        | one json per subtask (file or dir)  | `candidates`                  | option text         |
 | synthetic      | stormvl JSONL (`MCRecord`)          | `options`                     | letter              |
 """
+
 from __future__ import annotations
 
 import json
@@ -35,7 +36,9 @@ def _load_rows(path: Path) -> list[dict]:
             return [json.loads(line) for line in text.splitlines() if line.strip()]
         data = json.loads(text)
     except ImportError:
-        raise BenchmarkFormatError(f"{path}: reading parquet needs pandas and pyarrow (pip install pandas pyarrow)") from None
+        raise BenchmarkFormatError(
+            f"{path}: reading parquet needs pandas and pyarrow (pip install pandas pyarrow)"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BenchmarkFormatError(f"{path}: not valid JSON ({e})") from None
     if isinstance(data, dict):  # some releases wrap the list
@@ -73,10 +76,18 @@ def read_videomme(path: Path) -> list[MCRecord]:
         ans = str(_need(r, "answer", path, i)).strip().upper()
         if ans not in LETTERS[: len(opts)]:
             raise BenchmarkFormatError(f"{path}: record {i}: answer {ans!r} is not an option letter")
-        out.append(MCRecord(id=str(r.get("question_id", f"{vid}-{i}")), video=f"{vid}.mp4",
-                            question=_need(r, "question", path, i), options=opts, answer=ans,
-                            task_type=r.get("task_type", ""), duration=r.get("duration"),
-                            extra={k: r[k] for k in ("domain", "sub_category") if k in r}))
+        out.append(
+            MCRecord(
+                id=str(r.get("question_id", f"{vid}-{i}")),
+                video=f"{vid}.mp4",
+                question=_need(r, "question", path, i),
+                options=opts,
+                answer=ans,
+                task_type=r.get("task_type", ""),
+                duration=r.get("duration"),
+                extra={k: r[k] for k in ("domain", "sub_category") if k in r},
+            )
+        )
     return out
 
 
@@ -91,14 +102,25 @@ def _mlvu_file(path: Path, rows) -> list[MCRecord]:
         else:  # lmms-eval copy: options inside the question text, answer letter
             video = _need(r, "video_name", path, i)
             text = _need(r, "question", path, i)
-            parts = re.split(r"\n\s*\(?([A-H])[\)\.]\s*", "\n" + text.strip() if text.lstrip().startswith(("(A)", "A.")) else text)
+            parts = re.split(
+                r"\n\s*\(?([A-H])[\)\.]\s*", "\n" + text.strip() if text.lstrip().startswith(("(A)", "A.")) else text
+            )
             q, opts = parts[0].strip(), [p.strip() for p in parts[2::2]]
             if not opts:
                 raise BenchmarkFormatError(f"{path}: record {i}: no '(A) ...' options found in 'question'")
             ans = str(_need(r, "answer", path, i)).strip().strip("()").upper()[:1]
         task = r.get("question_type") or r.get("task_type") or path.stem
-        out.append(MCRecord(id=str(r.get("question_id", f"{path.stem}-{i}")), video=video, question=q, options=opts,
-                            answer=ans, task_type=task, duration=r.get("duration")))
+        out.append(
+            MCRecord(
+                id=str(r.get("question_id", f"{path.stem}-{i}")),
+                video=video,
+                question=q,
+                options=opts,
+                answer=ans,
+                task_type=task,
+                duration=r.get("duration"),
+            )
+        )
     return out
 
 
@@ -128,10 +150,18 @@ def read_longvideobench(path: Path) -> list[MCRecord]:
         idx = _need(r, "correct_choice", path, i)
         if not isinstance(idx, int) or not 0 <= idx < len(opts):
             raise BenchmarkFormatError(f"{path}: record {i}: 'correct_choice' {idx!r} is out of range")
-        out.append(MCRecord(id=str(r.get("id", i)), video=_need(r, "video_path", path, i),
-                            question=_need(r, "question", path, i), options=opts, answer=LETTERS[idx],
-                            task_type=r.get("question_category", ""), duration=r.get("duration_group", r.get("duration")),
-                            subtitles=r.get("subtitle_path")))
+        out.append(
+            MCRecord(
+                id=str(r.get("id", i)),
+                video=_need(r, "video_path", path, i),
+                question=_need(r, "question", path, i),
+                options=opts,
+                answer=LETTERS[idx],
+                task_type=r.get("question_category", ""),
+                duration=r.get("duration_group", r.get("duration")),
+                subtitles=r.get("subtitle_path"),
+            )
+        )
     return out
 
 
@@ -139,9 +169,16 @@ def _mvbench_file(path: Path, rows) -> list[MCRecord]:
     out = []
     for i, r in enumerate(rows):
         opts = [str(c) for c in _need(r, "candidates", path, i)]
-        out.append(MCRecord(id=f"{path.stem}-{i}", video=str(Path(path.stem) / _need(r, "video", path, i)),
-                            question=_need(r, "question", path, i), options=opts,
-                            answer=_letter_of(_need(r, "answer", path, i), opts, path, i), task_type=path.stem))
+        out.append(
+            MCRecord(
+                id=f"{path.stem}-{i}",
+                video=str(Path(path.stem) / _need(r, "video", path, i)),
+                question=_need(r, "question", path, i),
+                options=opts,
+                answer=_letter_of(_need(r, "answer", path, i), opts, path, i),
+                task_type=path.stem,
+            )
+        )
     return out
 
 
@@ -159,8 +196,13 @@ def read_synthetic(path: Path) -> list[MCRecord]:
     return out
 
 
-READERS = {"videomme": read_videomme, "mlvu": read_mlvu, "longvideobench": read_longvideobench,
-           "mvbench": read_mvbench, "synthetic": read_synthetic}
+READERS = {
+    "videomme": read_videomme,
+    "mlvu": read_mlvu,
+    "longvideobench": read_longvideobench,
+    "mvbench": read_mvbench,
+    "synthetic": read_synthetic,
+}
 
 
 def read_benchmark(name: str, path) -> list[MCRecord]:

@@ -5,6 +5,7 @@ shards merged into one summary with per-task and overall accuracy.
 Videos for the next samples decode in a background thread while the model answers the current
 one (PyAV releases the GIL while decoding).
 """
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,19 @@ def resolve_video(rec: MCRecord, video_root) -> str:
     return str(p if p.is_absolute() or video_root is None else Path(video_root) / p)
 
 
-def evaluate(pipeline, records: list[MCRecord], out_dir, *, video_root=None, num_frames=None,
-             temporal_sample=None, rank=0, world=1, progress=True, prefetch=2) -> None:
+def evaluate(
+    pipeline,
+    records: list[MCRecord],
+    out_dir,
+    *,
+    video_root=None,
+    num_frames=None,
+    temporal_sample=None,
+    rank=0,
+    world=1,
+    progress=True,
+    prefetch=2,
+) -> None:
     """Answer this rank's share of `records` (every `world`-th one), appending to this rank's
     shard; `merge` combines the shards once every rank is done."""
     out = Path(out_dir)
@@ -51,8 +63,13 @@ def evaluate(pipeline, records: list[MCRecord], out_dir, *, video_root=None, num
     if progress and rank == 0:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(records) // world + (rank < len(records) % world), initial=0, desc="eval", unit="q",
-                   dynamic_ncols=True)
+        bar = tqdm(
+            total=len(records) // world + (rank < len(records) % world),
+            initial=0,
+            desc="eval",
+            unit="q",
+            dynamic_ncols=True,
+        )
         bar.update(sum(1 for i, r in enumerate(records) if i % world == rank and r.id in done))
 
     def decode(rec):
@@ -63,7 +80,7 @@ def evaluate(pipeline, records: list[MCRecord], out_dir, *, video_root=None, num
 
     shard = open(out / PRED_SHARD.format(rank=rank), "a")
     with ThreadPoolExecutor(max_workers=max(1, prefetch)) as pool:
-        futures = [pool.submit(decode, r) for r in mine[:prefetch + 1]]
+        futures = [pool.submit(decode, r) for r in mine[: prefetch + 1]]
         for k, rec in enumerate(mine):
             if k + prefetch + 1 < len(mine):
                 futures.append(pool.submit(decode, mine[k + prefetch + 1]))
@@ -74,9 +91,17 @@ def evaluate(pipeline, records: list[MCRecord], out_dir, *, video_root=None, num
                 row.update(status="skipped", error=err)
             else:
                 t = time.perf_counter()
-                ans = pipeline.answer(clip, rec.question, rec.options, temporal_sample=temporal_sample, max_new_tokens=8)
-                row.update(status="ok", response=ans.text, pred=ans.letter, correct=ans.letter == rec.answer,
-                           seconds=round(time.perf_counter() - t, 4), visual_tokens=ans.visual_tokens)
+                ans = pipeline.answer(
+                    clip, rec.question, rec.options, temporal_sample=temporal_sample, max_new_tokens=8
+                )
+                row.update(
+                    status="ok",
+                    response=ans.text,
+                    pred=ans.letter,
+                    correct=ans.letter == rec.answer,
+                    seconds=round(time.perf_counter() - t, 4),
+                    visual_tokens=ans.visual_tokens,
+                )
             shard.write(json.dumps(row) + "\n")
             shard.flush()
             if bar is not None:
@@ -116,8 +141,12 @@ def merge(out_dir, records: list[MCRecord], settings: dict) -> dict:
         "overall": round(100 * sum(v[0] for v in per_task.values()) / n_ok, 2) if n_ok else None,
         # The mean over task types (MLVU's M-Avg convention) next to the per-sample mean.
         "task_mean": round(sum(100 * c / n for c, n in per_task.values()) / len(per_task), 2) if per_task else None,
-        "per_task": {k: {"accuracy": round(100 * c / n, 2), "correct": c, "total": n} for k, (c, n) in sorted(per_task.items())},
-        "answered": n_ok, "skipped": skipped, "missing": len(records) - len(ordered),
+        "per_task": {
+            k: {"accuracy": round(100 * c / n, 2), "correct": c, "total": n} for k, (c, n) in sorted(per_task.items())
+        },
+        "answered": n_ok,
+        "skipped": skipped,
+        "missing": len(records) - len(ordered),
         "seconds_per_answer": round(sum(secs) / len(secs), 4) if secs else None,
         "settings": settings,
     }

@@ -5,6 +5,7 @@ D, norm, out_proj), so weights move between the two and a test pins the outputs 
 STORM paper says "MambaMixer" without naming a version; Mamba-2 is used because its scan is
 matmul-bound and fast on CPU and GPU alike. A Mamba-1 mixer would live beside this one.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,8 +22,9 @@ from ..ops.ssd import ssd_scan
 class MambaState:
     """What a stream carries from one clip to the next: the last (kernel - 1) conv inputs and the
     SSM state."""
+
     conv: torch.Tensor  # (b, conv_dim, kernel - 1)
-    ssm: torch.Tensor   # (b, heads, head_dim, state_size)
+    ssm: torch.Tensor  # (b, heads, head_dim, state_size)
 
 
 class GatedRMSNorm(nn.Module):
@@ -42,8 +44,9 @@ class GatedRMSNorm(nn.Module):
         return self.weight * hg.flatten(-2).to(dtype)
 
 
-def causal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                          history: torch.Tensor | None = None) -> torch.Tensor:
+def causal_depthwise_conv(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, history: torch.Tensor | None = None
+) -> torch.Tensor:
     """Causal depthwise conv over time in token-major layout: x (b, l, c), weight (c, 1, k) as in
     `nn.Conv1d(c, c, k, groups=c)`, history (b, k - 1, c) = the inputs before x (zeros if None).
 
@@ -58,15 +61,27 @@ def causal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     l = x.shape[1]
     out = xp[:, 0:l] * w[:, 0] if bias is None else torch.addcmul(bias.to(x.dtype), xp[:, 0:l], w[:, 0])
     for i in range(1, k):
-        out = torch.addcmul(out, xp[:, i:i + l], w[:, i])
+        out = torch.addcmul(out, xp[:, i : i + l], w[:, i])
     return out
 
 
 class Mamba2Mixer(nn.Module):
-    def __init__(self, d_model: int, *, state_size: int = 64, expand: int = 2, head_dim: int = 64,
-                 n_groups: int = 1, conv_kernel: int = 4, chunk_size: int = 64, eps: float = 1e-5,
-                 dt_min: float = 1e-3, dt_max: float = 0.1, dt_floor: float = 1e-4,
-                 scan_impl: str = "auto"):
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        state_size: int = 64,
+        expand: int = 2,
+        head_dim: int = 64,
+        n_groups: int = 1,
+        conv_kernel: int = 4,
+        chunk_size: int = 64,
+        eps: float = 1e-5,
+        dt_min: float = 1e-3,
+        dt_max: float = 0.1,
+        dt_floor: float = 1e-4,
+        scan_impl: str = "auto",
+    ):
         super().__init__()
         self.d_model = d_model
         self.d_inner = expand * d_model
@@ -83,8 +98,9 @@ class Mamba2Mixer(nn.Module):
         self.scan_impl = scan_impl
         self.conv_dim = self.d_inner + 2 * n_groups * state_size
         self.in_proj = nn.Linear(d_model, self.d_inner + self.conv_dim + self.num_heads, bias=False)
-        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, conv_kernel, groups=self.conv_dim,
-                                padding=conv_kernel - 1, bias=True)
+        self.conv1d = nn.Conv1d(
+            self.conv_dim, self.conv_dim, conv_kernel, groups=self.conv_dim, padding=conv_kernel - 1, bias=True
+        )
         self.dt_bias = nn.Parameter(torch.empty(self.num_heads))
         self.A_log = nn.Parameter(torch.empty(self.num_heads))
         self.D = nn.Parameter(torch.empty(self.num_heads))
@@ -109,8 +125,7 @@ class Mamba2Mixer(nn.Module):
             ssm=torch.zeros(batch, self.num_heads, self.head_dim, self.state_size, device=device, dtype=dtype),
         )
 
-    def forward(self, hidden_states: torch.Tensor, state: MambaState | None = None,
-                return_state: bool = False):
+    def forward(self, hidden_states: torch.Tensor, state: MambaState | None = None, return_state: bool = False):
         b, l, _ = hidden_states.shape
         z, xBC, dt = self.in_proj(hidden_states).split([self.d_inner, self.conv_dim, self.num_heads], dim=-1)
         history = None if state is None else state.conv.transpose(1, 2)
@@ -121,11 +136,17 @@ class Mamba2Mixer(nn.Module):
         cd = torch.promote_types(hidden_states.dtype, torch.float32)
         A = -torch.exp(self.A_log.to(cd))
         y, ssm_state = ssd_scan(
-            x.reshape(b, l, self.num_heads, self.head_dim).to(cd), dt.to(cd), A,
+            x.reshape(b, l, self.num_heads, self.head_dim).to(cd),
+            dt.to(cd),
+            A,
             B.reshape(b, l, self.n_groups, self.state_size).to(cd),
             C.reshape(b, l, self.n_groups, self.state_size).to(cd),
-            self.D.to(cd), chunk_size=self.chunk_size, dt_bias=self.dt_bias.to(cd), dt_softplus=True,
-            initial_state=None if state is None else state.ssm.to(cd), return_final_state=True,
+            self.D.to(cd),
+            chunk_size=self.chunk_size,
+            dt_bias=self.dt_bias.to(cd),
+            dt_softplus=True,
+            initial_state=None if state is None else state.ssm.to(cd),
+            return_final_state=True,
             impl=self.scan_impl,
         )
         y = self.norm(y.reshape(b, l, self.d_inner), z.to(cd))
@@ -135,6 +156,6 @@ class Mamba2Mixer(nn.Module):
         k = self.conv_kernel - 1
         prev = history if history is not None else conv_in.new_zeros(b, k, self.conv_dim)
         # Only the tail is needed: concatenating the whole clip would copy it for three rows.
-        tail = torch.cat([prev.to(conv_in.dtype), conv_in[:, max(0, l - k):]], dim=1)
-        conv_state = tail[:, tail.shape[1] - k:].transpose(1, 2)
+        tail = torch.cat([prev.to(conv_in.dtype), conv_in[:, max(0, l - k) :]], dim=1)
+        conv_state = tail[:, tail.shape[1] - k :].transpose(1, 2)
         return out, MambaState(conv=conv_state.detach(), ssm=ssm_state.detach())

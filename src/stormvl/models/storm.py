@@ -1,6 +1,7 @@
 """StormForConditionalGeneration: vision tower -> pixel shuffle + projector -> temporal encoder ->
 token reduction -> causal LM. With `use_temporal_encoder=False` and an MLP projector it is the
 VILA baseline, so every comparison runs through this one code path."""
+
 from __future__ import annotations
 
 import torch
@@ -36,14 +37,20 @@ class StormForConditionalGeneration(StormPreTrainedModel):
             config.vision_config.vision_use_head = False
         self.vision_tower = AutoModel.from_config(config.vision_config)
         d = config.text_config.hidden_size
-        self.projector = Projector(config.vision_config.hidden_size * config.downsample ** 2, d, config.projector_type)
+        self.projector = Projector(config.vision_config.hidden_size * config.downsample**2, d, config.projector_type)
         self.temporal_encoder = None
         if config.use_temporal_encoder:
             self.temporal_encoder = TemporalEncoder(
-                d, config.temporal_layers, bidirectional=config.temporal_bidirectional,
-                merge=config.temporal_merge, state_size=config.mamba_state_size, expand=config.mamba_expand,
-                head_dim=config.mamba_head_dim, n_groups=config.mamba_n_groups,
-                conv_kernel=config.mamba_conv_kernel, chunk_size=config.mamba_chunk_size,
+                d,
+                config.temporal_layers,
+                bidirectional=config.temporal_bidirectional,
+                merge=config.temporal_merge,
+                state_size=config.mamba_state_size,
+                expand=config.mamba_expand,
+                head_dim=config.mamba_head_dim,
+                n_groups=config.mamba_n_groups,
+                conv_kernel=config.mamba_conv_kernel,
+                chunk_size=config.mamba_chunk_size,
             )
             # Zero the residual branches' output so a fresh encoder starts as the identity: STORM
             # begins exactly where the baseline is and learns the temporal mixing on top.
@@ -89,7 +96,11 @@ class StormForConditionalGeneration(StormPreTrainedModel):
         cfg = self.config
         s = cfg.temporal_sample if temporal_sample is None else temporal_sample
         return reduce_tokens(
-            x, grid=cfg.grid_size, temporal_pool_k=cfg.temporal_pool, spatial_pool_k=cfg.spatial_pool, temporal_sample_s=s
+            x,
+            grid=cfg.grid_size,
+            temporal_pool_k=cfg.temporal_pool,
+            spatial_pool_k=cfg.spatial_pool,
+            temporal_sample_s=s,
         )
 
     def get_video_features(self, pixel_values_videos, temporal_sample: int | None = None) -> list[torch.Tensor]:
@@ -177,9 +188,13 @@ class StormForConditionalGeneration(StormPreTrainedModel):
         tok.add_special_tokens({"additional_special_tokens": [video_token]})
         if len(tok) > lm.get_input_embeddings().num_embeddings:
             lm.resize_token_embeddings(len(tok))
-        config = StormConfig(vision_config=vision.config.to_dict(), text_config=lm.config.to_dict(),
-                             video_token=video_token, video_token_id=tok.convert_tokens_to_ids(video_token),
-                             **storm_kwargs)
+        config = StormConfig(
+            vision_config=vision.config.to_dict(),
+            text_config=lm.config.to_dict(),
+            video_token=video_token,
+            video_token_id=tok.convert_tokens_to_ids(video_token),
+            **storm_kwargs,
+        )
         model = cls(config)
         vision_state = {k: v for k, v in vision.state_dict().items() if "head" not in k.split(".")}
         model.vision_tower.load_state_dict(vision_state)

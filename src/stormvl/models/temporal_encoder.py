@@ -5,6 +5,7 @@ Because the scan runs across frame boundaries, each output token carries the his
 tokens before it (and, bidirectionally, after it); that is what lets the reducer average or drop
 frames afterwards without losing the video's dynamics.
 """
+
 from __future__ import annotations
 
 import torch
@@ -42,16 +43,35 @@ class TemporalEncoderLayer(nn.Module):
 class TemporalEncoder(nn.Module):
     """Input and output (B, T, N, D): T frames of N = h*w tokens in row-major order."""
 
-    def __init__(self, d_model: int, num_layers: int = 2, *, bidirectional: bool = True, merge: str = "add",
-                 state_size: int = 64, expand: int = 2, head_dim: int = 64, n_groups: int = 1,
-                 conv_kernel: int = 4, chunk_size: int = 64, scan_impl: str = "auto"):
+    def __init__(
+        self,
+        d_model: int,
+        num_layers: int = 2,
+        *,
+        bidirectional: bool = True,
+        merge: str = "add",
+        state_size: int = 64,
+        expand: int = 2,
+        head_dim: int = 64,
+        n_groups: int = 1,
+        conv_kernel: int = 4,
+        chunk_size: int = 64,
+        scan_impl: str = "auto",
+    ):
         super().__init__()
         if merge not in ("add", "concat"):
             raise ValueError(f"temporal encoder merge must be 'add' or 'concat', got {merge!r}")
         if num_layers < 1:
             raise ValueError("temporal encoder needs at least one layer")
-        mixer = dict(state_size=state_size, expand=expand, head_dim=head_dim, n_groups=n_groups,
-                     conv_kernel=conv_kernel, chunk_size=chunk_size, scan_impl=scan_impl)
+        mixer = dict(
+            state_size=state_size,
+            expand=expand,
+            head_dim=head_dim,
+            n_groups=n_groups,
+            conv_kernel=conv_kernel,
+            chunk_size=chunk_size,
+            scan_impl=scan_impl,
+        )
         self.bidirectional = bidirectional
         self.layers = nn.ModuleList(
             TemporalEncoderLayer(d_model, bidirectional=bidirectional, merge=merge, **mixer) for _ in range(num_layers)

@@ -8,6 +8,7 @@ Counts, with T frames on an h x w grid:
 Pooling runs first, then sampling, so a model trained with pooling sees the same kind of token
 at test time (each still an average of k_t consecutive encoded frames).
 """
+
 from __future__ import annotations
 
 import math
@@ -59,8 +60,9 @@ def reduce_tokens(x, *, grid, temporal_pool_k=1, spatial_pool_k=1, temporal_samp
     return temporal_sample(x, temporal_sample_s)
 
 
-def reduced_token_count(num_frames: int, grid: tuple[int, int], temporal_pool_k=1, spatial_pool_k=1,
-                        temporal_sample_s=1) -> int:
+def reduced_token_count(
+    num_frames: int, grid: tuple[int, int], temporal_pool_k=1, spatial_pool_k=1, temporal_sample_s=1
+) -> int:
     """Visual tokens the LLM reads for one video."""
     t = math.ceil(math.ceil(num_frames / temporal_pool_k) / temporal_sample_s)
     return t * (grid[0] // spatial_pool_k) * (grid[1] // spatial_pool_k)

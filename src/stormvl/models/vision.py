@@ -1,6 +1,7 @@
 """The vision side's own layers: pixel shuffle of a frame's patch tokens and the projector to the
 LLM width. (Image preprocessing lives in `processing.py`; the vision tower is a transformers
 model.)"""
+
 from __future__ import annotations
 
 import torch

@@ -12,6 +12,7 @@ on CPU or on many GPU setups; this module is the one place that knows the scan. 
 with `g` groups of B/C shared by `h // g` consecutive heads, and an optional state (b, h, p, n)
 passed in and out so a stream can continue from where the last clip ended.
 """
+
 from __future__ import annotations
 
 import torch
@@ -53,8 +54,20 @@ def _check(x, dt, A, B, C):
         raise ValueError(f"ssd_scan: heads ({h}) must be a multiple of groups ({g})")
 
 
-def ssd_scan_ref(x, dt, A, B, C, D=None, *, initial_state=None, return_final_state=False,
-                 dt_bias=None, dt_softplus=False, dt_limit=None):
+def ssd_scan_ref(
+    x,
+    dt,
+    A,
+    B,
+    C,
+    D=None,
+    *,
+    initial_state=None,
+    return_final_state=False,
+    dt_bias=None,
+    dt_softplus=False,
+    dt_limit=None,
+):
     """Sequential reference: one step per position, exactly the recurrence above. Slow, obvious."""
     _check(x, dt, A, B, C)
     b, l, h, p = x.shape
@@ -63,8 +76,7 @@ def ssd_scan_ref(x, dt, A, B, C, D=None, *, initial_state=None, return_final_sta
     rep = h // g
     Bh = B.repeat_interleave(rep, dim=2)  # (b, l, h, n)
     Ch = C.repeat_interleave(rep, dim=2)
-    state = (initial_state.to(x.dtype) if initial_state is not None
-             else x.new_zeros(b, h, p, n))
+    state = initial_state.to(x.dtype) if initial_state is not None else x.new_zeros(b, h, p, n)
     ys = []
     for t in range(l):
         decay = torch.exp(dt[:, t] * A)  # (b, h)
@@ -77,8 +89,21 @@ def ssd_scan_ref(x, dt, A, B, C, D=None, *, initial_state=None, return_final_sta
     return (y, state) if return_final_state else y
 
 
-def ssd_scan_chunked(x, dt, A, B, C, D=None, *, chunk_size=64, initial_state=None,
-                     return_final_state=False, dt_bias=None, dt_softplus=False, dt_limit=None):
+def ssd_scan_chunked(
+    x,
+    dt,
+    A,
+    B,
+    C,
+    D=None,
+    *,
+    chunk_size=64,
+    initial_state=None,
+    return_final_state=False,
+    dt_bias=None,
+    dt_softplus=False,
+    dt_limit=None,
+):
     """Chunked SSD: within a chunk the scan is a masked (Q x Q) matrix product; across chunks
     only a (p x n) state per head is carried. Almost all work is batched matmuls."""
     _check(x, dt, A, B, C)
@@ -94,8 +119,17 @@ def ssd_scan_chunked(x, dt, A, B, C, D=None, *, chunk_size=64, initial_state=Non
         ys, state = [], initial_state
         for s in range(0, l, seg_len):
             e = min(l, s + seg_len)
-            y_s, state = ssd_scan_chunked(x[:, s:e], dt[:, s:e], A, B[:, s:e], C[:, s:e], D, chunk_size=Q,
-                                          initial_state=state, return_final_state=True)
+            y_s, state = ssd_scan_chunked(
+                x[:, s:e],
+                dt[:, s:e],
+                A,
+                B[:, s:e],
+                C[:, s:e],
+                D,
+                chunk_size=Q,
+                initial_state=state,
+                return_final_state=True,
+            )
             ys.append(y_s)
         y = torch.cat(ys, dim=1)
         return (y, state) if return_final_state else y
@@ -112,11 +146,11 @@ def ssd_scan_chunked(x, dt, A, B, C, D=None, *, chunk_size=64, initial_state=Non
 
     # Layout (b, c, g, r, Q, ...): chunk-major so the state pass below reads contiguous blocks,
     # and heads sharing a B/C group broadcast without copies.
-    xs = x_p.reshape(b, c, Q, g, r, p).permute(0, 1, 3, 4, 2, 5)           # b c g r Q p
-    dts = dt_p.reshape(b, c, Q, g, r).permute(0, 1, 3, 4, 2)               # b c g r Q
-    Bs = B_p.reshape(b, c, Q, g, n).transpose(2, 3).unsqueeze(3)           # b c g 1 Q n
-    Cs = C_p.reshape(b, c, Q, g, n).transpose(2, 3).unsqueeze(3)           # b c g 1 Q n
-    acum = torch.cumsum(dts * A.reshape(g, r, 1), dim=-1)                   # b c g r Q  (<= 0)
+    xs = x_p.reshape(b, c, Q, g, r, p).permute(0, 1, 3, 4, 2, 5)  # b c g r Q p
+    dts = dt_p.reshape(b, c, Q, g, r).permute(0, 1, 3, 4, 2)  # b c g r Q
+    Bs = B_p.reshape(b, c, Q, g, n).transpose(2, 3).unsqueeze(3)  # b c g 1 Q n
+    Cs = C_p.reshape(b, c, Q, g, n).transpose(2, 3).unsqueeze(3)  # b c g 1 Q n
+    acum = torch.cumsum(dts * A.reshape(g, r, 1), dim=-1)  # b c g r Q  (<= 0)
     xdt = xs * dts[..., None]
 
     # 1) intra-chunk: y_i += sum_{j<=i} (C_i . B_j) exp(acum_i - acum_j) dt_j x_j
@@ -125,16 +159,17 @@ def ssd_scan_chunked(x, dt, A, B, C, D=None, *, chunk_size=64, initial_state=Non
     above = torch.full((Q, Q), float("-inf"), dtype=acum.dtype, device=x.device).triu_(1)
     decay = torch.exp((acum[..., :, None] - acum[..., None, :]).add_(above))  # b c g r Q Q
     scores = (Cs @ Bs.transpose(-1, -2)) * decay
-    y = scores @ xdt                                                        # b c g r Q p
+    y = scores @ xdt  # b c g r Q p
 
     # 2) each chunk's contribution to the state at its end: sum_j exp(acum_Q - acum_j) dt_j x_j B_j^T
-    decay_to_end = torch.exp(acum[..., -1:] - acum)                         # b c g r Q
+    decay_to_end = torch.exp(acum[..., -1:] - acum)  # b c g r Q
     # Heads of a group share B, so fold them into one (r*p, Q) @ (Q, n) product per chunk.
-    chunk_states = ((xdt * decay_to_end[..., None]).transpose(-1, -2).reshape(b, c, g, r * p, Q)
-                    @ Bs.squeeze(3)).reshape(b, c, g, r, p, n)              # b c g r p n
+    chunk_states = (
+        (xdt * decay_to_end[..., None]).transpose(-1, -2).reshape(b, c, g, r * p, Q) @ Bs.squeeze(3)
+    ).reshape(b, c, g, r, p, n)  # b c g r p n
 
     # 3) carry the state across chunks: c cheap steps on (p, n) states
-    chunk_decay = torch.exp(acum[..., -1])[..., None, None]                 # b c g r 1 1
+    chunk_decay = torch.exp(acum[..., -1])[..., None, None]  # b c g r 1 1
     if initial_state is not None:
         state = initial_state.to(x.dtype).reshape(b, g, r, p, n)
     else:
@@ -143,7 +178,7 @@ def ssd_scan_chunked(x, dt, A, B, C, D=None, *, chunk_size=64, initial_state=Non
     for k in range(c):
         starts.append(state)
         state = torch.addcmul(chunk_states[:, k], chunk_decay[:, k], state)
-    start_states = torch.stack(starts, dim=1)                               # b c g r p n
+    start_states = torch.stack(starts, dim=1)  # b c g r p n
 
     # 4) what each position reads from the state its chunk started with
     from_state = Cs.squeeze(3) @ start_states.reshape(b, c, g, r * p, n).transpose(-1, -2)
@@ -168,19 +203,49 @@ def ssd_chunked_flops(b, l, h, p, n, g=1, chunk_size=64):
     return cb + intra + states + out
 
 
-def ssd_scan(x, dt, A, B, C, D=None, *, chunk_size=64, initial_state=None, return_final_state=False,
-             dt_bias=None, dt_softplus=False, dt_limit=None, impl="auto"):
+def ssd_scan(
+    x,
+    dt,
+    A,
+    B,
+    C,
+    D=None,
+    *,
+    chunk_size=64,
+    initial_state=None,
+    return_final_state=False,
+    dt_bias=None,
+    dt_softplus=False,
+    dt_limit=None,
+    impl="auto",
+):
     """Dispatch: impl in {"auto", "chunked", "ref", "kernel"}. "auto" uses `mamba_ssm`'s kernel on
     CUDA when installed, else the chunked PyTorch path."""
-    kw = dict(initial_state=initial_state, return_final_state=return_final_state,
-              dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit)
+    kw = dict(
+        initial_state=initial_state,
+        return_final_state=return_final_state,
+        dt_bias=dt_bias,
+        dt_softplus=dt_softplus,
+        dt_limit=dt_limit,
+    )
     if impl == "ref":
         return ssd_scan_ref(x, dt, A, B, C, D, **kw)
     if impl in ("auto", "kernel") and x.is_cuda:
         if mamba_chunk_scan_combined is not None:
-            return mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=D, dt_bias=dt_bias, dt_softplus=dt_softplus,
-                          initial_states=initial_state, return_final_states=return_final_state,
-                          dt_limit=dt_limit or (0.0, float("inf")))
+            return mamba_chunk_scan_combined(
+                x,
+                dt,
+                A,
+                B,
+                C,
+                chunk_size,
+                D=D,
+                dt_bias=dt_bias,
+                dt_softplus=dt_softplus,
+                initial_states=initial_state,
+                return_final_states=return_final_state,
+                dt_limit=dt_limit or (0.0, float("inf")),
+            )
         if impl == "kernel":
             raise RuntimeError("impl='kernel' needs the mamba_ssm package on a CUDA device")
     elif impl == "kernel":

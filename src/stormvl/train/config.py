@@ -1,4 +1,5 @@
 """Typed training configuration, read from YAML or JSON. Unknown keys are errors, not ignored."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,8 +16,8 @@ from ..testing import TinySize
 
 @dataclass
 class DataConfig:
-    train: list[str] = field(default_factory=list)   # annotation files: MC records or LLaVA conversations (.json/.jsonl)
-    video_root: str | None = None                    # default: each annotation file's folder
+    train: list[str] = field(default_factory=list)  # annotation files: MC records or LLaVA conversations (.json/.jsonl)
+    video_root: str | None = None  # default: each annotation file's folder
     num_frames: int = 16
     # Fraction of multiple-choice samples shown open-ended (question only, answer = option text):
     # direct supervision of what was seen, which a small LM learns far faster than letter picking.
@@ -25,10 +26,10 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    init: str = "tiny"              # "tiny" (new small model), "pretrained" (a STORM folder), "parts"
-    path: str | None = None         # STORM folder for init=pretrained
+    init: str = "tiny"  # "tiny" (new small model), "pretrained" (a STORM folder), "parts"
+    path: str | None = None  # STORM folder for init=pretrained
     vision_path: str | None = None  # for init=parts
-    llm_path: str | None = None     # for init=parts
+    llm_path: str | None = None  # for init=parts
     tiny: TinySize = field(default_factory=TinySize)  # sizes for init=tiny
     storm: dict = field(default_factory=dict)  # StormConfig fields to set (pooling, encoder on/off, ...)
 
@@ -36,12 +37,12 @@ class ModelConfig:
 @dataclass
 class StageConfig:
     name: str = "sft"
-    train: str = "all"              # "projector": projector + temporal encoder only (alignment); "all"
+    train: str = "all"  # "projector": projector + temporal encoder only (alignment); "all"
     steps: int = 100
     lr: float = 1e-3
-    num_frames: int | None = None   # default: data.num_frames
+    num_frames: int | None = None  # default: data.num_frames
     temporal_pool: int | None = None  # switch pooling on for this stage (e.g. the long-video stage)
-    data: list[str] | None = None   # this stage's annotation files (default: data.train)
+    data: list[str] | None = None  # this stage's annotation files (default: data.train)
 
 
 @dataclass
@@ -50,15 +51,15 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     stages: list[StageConfig] = field(default_factory=lambda: [StageConfig()])
-    batch_size: int = 8             # per process
+    batch_size: int = 8  # per process
     weight_decay: float = 0.0
     warmup_steps: int = 20
     grad_clip: float = 1.0
     seed: int = 0
     save_every: int = 100
     log_every: int = 10
-    strategy: str = "ddp"           # "ddp" or "fsdp" when more than one process runs
-    dtype: str = "float32"          # "float32" or "bfloat16" (autocast)
+    strategy: str = "ddp"  # "ddp" or "fsdp" when more than one process runs
+    dtype: str = "float32"  # "float32" or "bfloat16" (autocast)
 
     def validate(self):
         if not self.data.train:
@@ -85,7 +86,9 @@ class TrainConfig:
         if self.batch_size < 1 or self.data.num_frames < 1:
             raise ConfigError("batch_size and data.num_frames must be >= 1")
         if "num_frames" in self.model.storm:
-            raise ConfigError("model.storm.num_frames: set the frame count in data.num_frames (or a stage's num_frames)")
+            raise ConfigError(
+                "model.storm.num_frames: set the frame count in data.num_frames (or a stage's num_frames)"
+            )
         return self
 
 
@@ -144,6 +147,7 @@ def load_train_config(path) -> TrainConfig:
     data = data or {}
     cfg = _build(TrainConfig, data, str(path))
     check_overrides(cfg.model.storm, f"{path}: model.storm")
+
     # Relative paths in the file (data, output_dir) are relative to the config file, so a run
     # does not depend on the directory it was started from.
     def rel(p):

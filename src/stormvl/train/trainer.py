@@ -4,6 +4,7 @@ torchrun (DDP; FSDP selectable for GPUs), atomic checkpoints and exact resume.
 The sample order is a pure function of (seed, stage, step), so a resumed run reads exactly the
 batches the interrupted one would have, with no data-loader state to save.
 """
+
 from __future__ import annotations
 
 import json
@@ -79,6 +80,7 @@ def lr_lambda(warmup: int, total: int):
             return (step + 1) / warmup
         progress = (step - warmup) / max(1, total - warmup)
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
     return f
 
 
@@ -134,7 +136,9 @@ class Trainer:
         for pos in range(start, start + b):
             epoch, k = divmod(pos, n)
             perm = np.random.default_rng([self.cfg.seed, stage_idx, epoch]).permutation(n)
-            open_ended = np.random.default_rng([self.cfg.seed, stage_idx, pos, 1]).random() < self.cfg.data.open_ended_ratio
+            open_ended = (
+                np.random.default_rng([self.cfg.seed, stage_idx, pos, 1]).random() < self.cfg.data.open_ended_ratio
+            )
             out.append((int(perm[k]), bool(open_ended)))
         return out
 
@@ -176,9 +180,17 @@ class Trainer:
             model.save_pretrained(tmp, state_dict=full)
             self.processor.save_pretrained(tmp)
             if not final:
-                torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                            "stage": stage_idx, "stage_step": stage_step, "global_step": global_step,
-                            "torch_rng": torch.get_rng_state()}, tmp / STATE_FILE)
+                torch.save(
+                    {
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "stage": stage_idx,
+                        "stage_step": stage_step,
+                        "global_step": global_step,
+                        "torch_rng": torch.get_rng_state(),
+                    },
+                    tmp / STATE_FILE,
+                )
             old = target.with_name(target.name + ".old")
             if target.exists():
                 target.rename(old)
@@ -220,7 +232,9 @@ class Trainer:
             wrapped = self._wrap(model)
             params = [p for p in wrapped.parameters() if p.requires_grad]
             opt = torch.optim.AdamW(params, lr=stage.lr, weight_decay=cfg.weight_decay)
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(min(cfg.warmup_steps, stage.steps // 2), stage.steps))
+            sched = torch.optim.lr_scheduler.LambdaLR(
+                opt, lr_lambda(min(cfg.warmup_steps, stage.steps // 2), stage.steps)
+            )
             if state and si == state["stage"]:
                 opt.load_state_dict(state["optimizer"])
                 sched.load_state_dict(state["scheduler"])
@@ -230,8 +244,13 @@ class Trainer:
             if self.progress:
                 from tqdm import tqdm
 
-                bar = tqdm(total=stage.steps, initial=start_step, desc=f"stage {si + 1}/{len(cfg.stages)} {stage.name}",
-                           unit="step", dynamic_ncols=True)
+                bar = tqdm(
+                    total=stage.steps,
+                    initial=start_step,
+                    desc=f"stage {si + 1}/{len(cfg.stages)} {stage.name}",
+                    unit="step",
+                    dynamic_ncols=True,
+                )
             wrapped.train()
             t0 = time.time()
             for step in range(start_step, stage.steps):
@@ -256,9 +275,19 @@ class Trainer:
                     bar.update(1)
                     bar.set_postfix(loss=f"{lv.item():.4f}", lr=f"{sched.get_last_lr()[0]:.2e}")
                 if log and (step % cfg.log_every == 0 or step == stage.steps - 1):
-                    log.write(json.dumps({"stage": stage.name, "step": step, "global_step": global_step,
-                                          "loss": round(lv.item(), 6), "lr": sched.get_last_lr()[0],
-                                          "elapsed_s": round(time.time() - t0, 2)}) + "\n")
+                    log.write(
+                        json.dumps(
+                            {
+                                "stage": stage.name,
+                                "step": step,
+                                "global_step": global_step,
+                                "loss": round(lv.item(), 6),
+                                "lr": sched.get_last_lr()[0],
+                                "elapsed_s": round(time.time() - t0, 2),
+                            }
+                        )
+                        + "\n"
+                    )
                     log.flush()
                 last = step == stage.steps - 1
                 if global_step % cfg.save_every == 0 or last or (stop_after and global_step >= stop_after):
@@ -281,8 +310,7 @@ class Trainer:
         if self.cfg.strategy == "fsdp":
             from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-            return FSDP(model, use_orig_params=True,
-                        device_id=self.device if self.device.type == "cuda" else None)
+            return FSDP(model, use_orig_params=True, device_id=self.device if self.device.type == "cuda" else None)
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         return DDP(model, device_ids=[self.local_rank] if self.device.type == "cuda" else None)

@@ -73,9 +73,11 @@ def test_captions_describe_the_ground_truth(tmp_path):
         human, gpt = row["conversations"]
         assert human["value"] == "<video>\nDescribe the video." and row["video"] == rec.video
         t, cap = rec.extra["truth"], gpt["value"]
-        want = {"direction": lambda: cap.endswith(f"moves {t['direction']}") and rec.question.split()[4] in cap,
-                "order": lambda: cap == f"the {t['first']} appears then the {t['second']}",
-                "count": lambda: cap.endswith(f"flashes {['one', 'two', 'three', 'four'][t['count'] - 1]} times"),
-                "state": lambda: cap.endswith(f"is {t['start']} then {t['end']}"),
-                "recall": lambda: cap == f"the {t['first']} is shown first"}[rec.task_type]
+        want = {
+            "direction": lambda: cap.endswith(f"moves {t['direction']}") and rec.question.split()[4] in cap,
+            "order": lambda: cap == f"the {t['first']} appears then the {t['second']}",
+            "count": lambda: cap.endswith(f"flashes {['one', 'two', 'three', 'four'][t['count'] - 1]} times"),
+            "state": lambda: cap.endswith(f"is {t['start']} then {t['end']}"),
+            "recall": lambda: cap == f"the {t['first']} is shown first",
+        }[rec.task_type]
         assert want(), (rec.task_type, cap, t)

@@ -48,10 +48,21 @@ def test_reference_is_the_recurrence():
 def test_state_threading_equals_whole_scan(impl):
     x, dt, A, B, C, D = _inputs(1, 90, 4, 8, 1, 8, torch.float64, seed=3)
     whole, s_whole = ssd_scan(x, dt, A, B, C, D, chunk_size=16, return_final_state=True, impl=impl)
-    y1, s1 = ssd_scan(x[:, :37], dt[:, :37], A, B[:, :37], C[:, :37], D, chunk_size=16,
-                      return_final_state=True, impl=impl)
-    y2, s2 = ssd_scan(x[:, 37:], dt[:, 37:], A, B[:, 37:], C[:, 37:], D, chunk_size=16,
-                      initial_state=s1, return_final_state=True, impl=impl)
+    y1, s1 = ssd_scan(
+        x[:, :37], dt[:, :37], A, B[:, :37], C[:, :37], D, chunk_size=16, return_final_state=True, impl=impl
+    )
+    y2, s2 = ssd_scan(
+        x[:, 37:],
+        dt[:, 37:],
+        A,
+        B[:, 37:],
+        C[:, 37:],
+        D,
+        chunk_size=16,
+        initial_state=s1,
+        return_final_state=True,
+        impl=impl,
+    )
     assert _rel(torch.cat([y1, y2], 1), whole) < 1e-12
     assert _rel(s2, s_whole) < 1e-12
 
