@@ -291,6 +291,7 @@ def test_every_verb_reports_user_errors_in_one_line(tmp_path, capsys):
             "no such annotation",
         ),
         (["bench", "--settings", "nope", "--out", str(tmp_path / "b")], "unknown setting"),
+        (["bench", "--frames", "8", "--out", str(tmp_path / "notes.txt")], "exists and is not a folder"),
     ]
     for argv, msg in cases:
         assert main(argv) == 2, argv
@@ -309,7 +310,12 @@ def test_internal_bugs_keep_their_traceback(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="a bug"):
         main(["synth", "--out", str(tmp_path)])
     # As a process: exit status 1 and Python's traceback, not the one-line user error.
-    code = "import sys, stormvl.cli as c\ndef f(_): raise ValueError('boom')\nc.cmd_synth = f\nsys.exit(c.main(['synth', '--out', 'x']))"
+    code = (
+        "import sys, stormvl.cli as c\n"
+        "def f(_): raise ValueError('boom')\n"
+        "c.cmd_synth = f\n"
+        "sys.exit(c.main(['synth', '--out', 'x']))"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert r.returncode == 1 and "Traceback" in r.stderr and "ValueError: boom" in r.stderr
 

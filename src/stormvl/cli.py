@@ -24,10 +24,15 @@ def _quiet_transformers():
     transformers.utils.logging.disable_progress_bar()
 
 
-def _load_pipeline(path):
-    from .pipeline import load
-
-    return load(path)
+def _writable_dir(path):
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise InputError(f"{path}: output path exists and is not a folder")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"{path}: cannot create the output folder ({e.strerror})") from None
+    if not os.access(path, os.W_OK):
+        raise InputError(f"{path}: output folder is not writable")
 
 
 def cmd_answer(a):
@@ -41,7 +46,9 @@ def cmd_answer(a):
         raise InputError(f"--temporal-sample must be >= 1, got {a.temporal_sample}")
     info = probe(a.video)
     _quiet_transformers()
-    pipe = _load_pipeline(a.model)
+    from .pipeline import load
+
+    pipe = load(a.model)
     frames = a.frames if a.frames is not None else pipe.config.num_frames
     options = a.options or None
     if not a.json:
@@ -104,6 +111,7 @@ def cmd_eval(a):
 
     from .evaluation.readers import read_benchmark
     from .evaluation.runner import evaluate, format_summary, merge
+    from .pipeline import load
 
     _quiet_transformers()
     records = read_benchmark(a.benchmark, a.annotations)
@@ -113,7 +121,7 @@ def cmd_eval(a):
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("gloo")
-    pipe = _load_pipeline(a.model)
+    pipe = load(a.model)
     frames = a.frames if a.frames is not None else pipe.config.num_frames
     evaluate(
         pipe,
@@ -166,6 +174,9 @@ def cmd_bench(a):
         settings.insert(0, "baseline")
     if any(f < 1 or f > 4096 for f in a.frames):
         raise InputError("--frames values must be in [1, 4096]")
+    if a.repeats < 1 or a.warmup < 0:
+        raise InputError("--repeats must be >= 1 and --warmup >= 0")
+    _writable_dir(a.out)  # before minutes of measuring, not after
     if a.video:
         from .video import probe
 

@@ -113,28 +113,19 @@ def load_video(
     path, container = _open(path)
     try:
         info = _info(path, container)
-
-        def plan():
-            return plan_frames(
-                info.num_frames,
-                info.fps,
-                info.duration,
-                num_frames=num_frames,
-                fps=fps,
-                max_frames=max_frames,
-                where=path,
-            )
-
-        if info.num_frames <= 0:
-            frames = _decode_all(path, container)
-            if not frames:
+        decoded = None
+        if info.num_frames <= 0:  # no frame count in the header: decode once to count
+            decoded = _decode_all(path, container)
+            if not decoded:
                 raise VideoError(f"{path}: no decodable video frames")
-            info.num_frames = len(frames)
-            info.duration = info.duration or len(frames) / info.fps
-            p = plan()
-            chosen = {i: frames[i] for i in p.targets}
+            info.num_frames = len(decoded)
+            info.duration = info.duration or len(decoded) / info.fps
+        p = plan_frames(
+            info.num_frames, info.fps, info.duration, num_frames=num_frames, fps=fps, max_frames=max_frames, where=path
+        )
+        if decoded is not None:
+            chosen = {i: decoded[i] for i in p.targets}
         else:
-            p = plan()
             chosen = _decode_indices(path, container, info, p.targets, seek, progress)
     finally:
         container.close()

@@ -117,3 +117,21 @@ def test_ddp_two_processes_gloo(tmp_path, split):
     assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
     log = [json.loads(line) for line in open(tmp_path / "run" / "log.jsonl")]
     assert log[-1]["global_step"] == 3
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_a_crafted_pickle_in_a_checkpoint_is_refused(tmp_path, split, monkeypatch):
+    from stormvl.errors import ModelFolderError
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_train_config(_config(tmp_path, split))
+    train(cfg, progress=False, stop_after=2)
+    ckpt = tmp_path / "run" / "checkpoints" / "step_00000002" / "trainer_state.pt"
+    torch.save({"global_step": 2, "payload": _RunsCode()}, ckpt)  # pickles the object
+    with pytest.raises(ModelFolderError, match="refusing to resume"):
+        train(load_train_config(_config(tmp_path, split)), progress=False)
+    assert not (tmp_path / "pwned").exists()

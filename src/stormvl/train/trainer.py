@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from ..data.dataset import VideoQADataset, read_training_samples
+from ..errors import ModelFolderError
 from ..models.storm import StormForConditionalGeneration
 from ..processing import OPTION_LETTERS, StormProcessor, move_batch
 from .config import TrainConfig
@@ -55,6 +56,18 @@ def build_model(cfg: TrainConfig, samples):
         return model, StormProcessor.from_pretrained(m.path, model.config)
     model, tok = StormForConditionalGeneration.from_parts(m.vision_path, m.llm_path, **storm)
     return model, StormProcessor(tok, model.config)
+
+
+def load_trainer_state(path: Path) -> dict:
+    """Optimizer, scheduler, step counters and RNG state of a checkpoint. Only tensors and plain
+    containers load (`weights_only=True`): a crafted pickle in an output folder must not run."""
+    import pickle
+
+    try:
+        return torch.load(path, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        raise ModelFolderError(f"{path}: not a loadable trainer state, refusing to resume from it ({first})") from None
 
 
 def latest_checkpoint(output_dir) -> Path | None:
@@ -209,7 +222,7 @@ class Trainer:
         cfg = self.cfg
         state = None
         if self.resume_from is not None:
-            state = torch.load(self.resume_from / STATE_FILE, weights_only=True)
+            state = load_trainer_state(self.resume_from / STATE_FILE)
             if self.rank == 0:
                 print(f"resuming from {self.resume_from} (step {state['global_step']})", flush=True)
         self.out.mkdir(parents=True, exist_ok=True)
