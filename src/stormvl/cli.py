@@ -24,6 +24,25 @@ def _quiet_transformers():
     transformers.utils.logging.disable_progress_bar()
 
 
+def _check_counts(a, **ranges):
+    """Integer flags in [low, high] (high None: no upper bound); None means "not given"."""
+    for name, (low, high) in ranges.items():
+        v = getattr(a, name)
+        if v is not None and (v < low or (high is not None and v > high)):
+            flag = "--" + name.replace("_", "-")
+            bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+            raise InputError(f"{flag} must be {bound}, got {v}")
+
+
+def _check_text(text):
+    if not text.strip():
+        raise InputError("the question and options must not be empty")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"{text.encode('utf-8', 'replace').decode()!r}: not valid UTF-8 text") from None
+
+
 def _writable_dir(path):
     if os.path.exists(path) and not os.path.isdir(path):
         raise InputError(f"{path}: output path exists and is not a folder")
@@ -37,13 +56,17 @@ def _writable_dir(path):
 
 def cmd_answer(a):
     from .frame_plan import MAX_FRAMES
+    from .model_folder import check_model_folder
     from .video import probe
 
     # Arguments and the video are checked before torch and the model load (seconds).
     if a.frames is not None and not 1 <= a.frames <= MAX_FRAMES:
         raise InputError(f"{a.video}: num_frames must be an integer in [1, {MAX_FRAMES}], got {a.frames}")
-    if a.temporal_sample is not None and a.temporal_sample < 1:
-        raise InputError(f"--temporal-sample must be >= 1, got {a.temporal_sample}")
+    _check_counts(a, temporal_sample=(1, None))
+    for text in [a.question, *(a.options or [])]:
+        _check_text(text)
+    if a.model is not None:
+        check_model_folder(a.model)
     info = probe(a.video)
     _quiet_transformers()
     from .pipeline import load
@@ -73,11 +96,15 @@ def cmd_answer(a):
                     "num_frames": ans.num_frames,
                     "visual_tokens": ans.visual_tokens,
                     "timestamps": ans.timestamps,
+                    "uncertain": ans.uncertain,
+                    "warnings": ans.warnings,
                 }
             )
         )
     else:
         print(ans.text)
+    for w in ans.warnings:
+        print(f"stormvl: warning: {w}", file=sys.stderr)
 
 
 def cmd_synth(a):
@@ -101,6 +128,7 @@ def cmd_train(a):
     cfg = load_train_config(a.config)
     if a.output_dir:
         cfg.output_dir = a.output_dir
+        cfg.validate()
     final = train(cfg)
     if final is not None and int(os.environ.get("RANK", "0")) == 0:
         print(f"model written to {final}", file=sys.stderr)
@@ -111,12 +139,18 @@ def cmd_eval(a):
 
     from .evaluation.readers import read_benchmark
     from .evaluation.runner import evaluate, format_summary, merge
+    from .frame_plan import MAX_FRAMES
+    from .model_folder import check_model_folder
     from .pipeline import load
 
-    _quiet_transformers()
+    _check_counts(a, frames=(1, MAX_FRAMES), temporal_sample=(1, None), limit=(1, None))
     records = read_benchmark(a.benchmark, a.annotations)
-    if a.limit:
+    if a.limit is not None:
         records = records[: a.limit]
+    if a.model is not None:
+        check_model_folder(a.model)
+    _writable_dir(a.out)
+    _quiet_transformers()
     video_root = a.videos or os.path.dirname(os.path.abspath(a.annotations))
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     if world > 1 and not dist.is_initialized():
@@ -152,8 +186,19 @@ def cmd_eval(a):
             "processes": world,
         }
         summary = merge(a.out, records, settings)
+        if summary["answered"] == 0:
+            raise InputError(
+                f"nothing could be evaluated: {summary['skipped']} of {len(records)} questions skipped "
+                f"(first: {summary['first_error']})"
+            )
         print(format_summary(summary))
         print(f"summary: {os.path.join(a.out, 'summary.json')}", file=sys.stderr)
+        if summary["skipped"] or summary["uncertain"]:
+            print(
+                f"stormvl: warning: {summary['skipped']} questions skipped, {summary['uncertain']} answers uncertain "
+                "(see predictions.jsonl)",
+                file=sys.stderr,
+            )
     if world > 1:
         dist.destroy_process_group()
 
@@ -266,6 +311,8 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     warnings.filterwarnings("ignore", category=FutureWarning)
+    # Warnings (skipped frames, missing videos) are one line on stderr, like errors.
+    warnings.formatwarning = lambda message, *_, **__: f"stormvl: warning: {message}\n"
     try:
         args.fn(args)
     except StormError as e:

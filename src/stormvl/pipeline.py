@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from .config import StormConfig
-from .errors import ModelFolderError
+from .errors import InputError, ModelFolderError, StormError
+from .model_folder import check_model_folder
 from .models.storm import StormForConditionalGeneration
 from .processing import OPTION_LETTERS, StormProcessor, check_options, move_batch, parse_letter
 from .video import VideoClip, load_video
 
 DEFAULT_MODEL = Path(__file__).parent / "default_model"
+
+
+# Option log-probabilities closer than this are a tie: the model cannot tell the options apart.
+TIE_TOLERANCE = 1e-4
 
 
 @dataclass
@@ -24,6 +29,13 @@ class Answer:
     num_frames: int
     visual_tokens: int
     timestamps: list[float]
+    # Why the answer should not be trusted (unknown words, options the model cannot tell apart);
+    # empty when there is no such reason.
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def uncertain(self) -> bool:
+        return bool(self.warnings)
 
 
 class StormPipeline:
@@ -50,9 +62,18 @@ class StormPipeline:
     ) -> Answer:
         n = self.config.num_frames if num_frames is None else num_frames
         check_options(options)
+        notes = self.processor.unknown_word_warnings(question, options)
         clip = video if isinstance(video, VideoClip) else load_video(video, n, fps=fps, max_frames=n, progress=progress)
         if options and self.config.choice_mode == "likelihood":
-            best = int(self.option_scores(clip, question, options, temporal_sample).argmax())
+            scores = self.option_scores(clip, question, options, temporal_sample)
+            best = int(scores.argmax())
+            tied = [i for i in range(len(options)) if abs(float(scores[i] - scores[best])) <= TIE_TOLERANCE]
+            if len(tied) > 1:
+                names = ", ".join(OPTION_LETTERS[i] for i in tied)
+                notes.append(
+                    f"options {names} are indistinguishable to the model (equal scores); {OPTION_LETTERS[best]} "
+                    "was picked only because it comes first"
+                )
             letter = OPTION_LETTERS[best]
             text = f"{letter}. {options[best]}"
         else:
@@ -62,12 +83,15 @@ class StormPipeline:
             out = self.model.generate(**move_batch(batch, self.device), max_new_tokens=max_new_tokens, do_sample=False)
             text = self.processor.decode(out[0])
             letter = parse_letter(text, len(options)) if options else None
+            if options and letter is None:
+                notes.append(f"the reply {text!r} names none of the options")
         return Answer(
             text=text,
             letter=letter,
             num_frames=len(clip.frames),
             visual_tokens=self.config.tokens_per_video(len(clip.frames), temporal_sample),
             timestamps=[round(float(t), 3) for t in clip.timestamps],
+            warnings=notes,
         )
 
     @torch.no_grad()
@@ -99,17 +123,19 @@ class StormPipeline:
 
 def load(path: str | os.PathLike | None = None, device: str | None = None, dtype=None) -> StormPipeline:
     """Load a saved STORM model folder (the embedded default model when `path` is None)."""
-    path = Path(path) if path is not None else DEFAULT_MODEL
-    if not path.is_dir():
-        raise ModelFolderError(f"{path}: model folder not found")
-    if not (path / "config.json").is_file():
-        raise ModelFolderError(f"{path}: not a STORM model folder (no config.json)")
-    model = (
-        StormForConditionalGeneration.from_pretrained(path, dtype=dtype)
-        if dtype
-        else StormForConditionalGeneration.from_pretrained(path)
-    )
-    processor = StormProcessor.from_pretrained(path, model.config)
+    path = check_model_folder(path if path is not None else DEFAULT_MODEL)
+    kw = {"use_safetensors": True, **({"dtype": dtype} if dtype else {})}
+    try:
+        model = StormForConditionalGeneration.from_pretrained(path, **kw)
+        processor = StormProcessor.from_pretrained(path, model.config)
+    except StormError:
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError) as e:  # damaged files a user handed us
+        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        raise ModelFolderError(f"{path}: cannot load the model ({first})") from None
     if device:
-        model.to(device)
+        try:
+            model.to(device)
+        except (RuntimeError, ValueError) as e:
+            raise InputError(f"device {device!r} is not usable here ({str(e).splitlines()[0]})") from None
     return StormPipeline(model, processor)

@@ -127,6 +127,23 @@ class StormProcessor:
         bos = [tok.bos_token_id] if getattr(tok, "add_bos_token", False) and tok.bos_token_id is not None else []
         return bos + before + [self.config.video_token_id] * num_video_tokens + after
 
+    def unknown_word_warnings(self, question: str, options: list[str] | None = None) -> list[str]:
+        """Words the tokenizer can only map to its unknown token: the model cannot read them, so an
+        answer that depends on them is a guess. Empty for tokenizers without an unknown token
+        (byte-level BPE reads everything)."""
+        unk = self.tokenizer.unk_token_id
+        if unk is None:
+            return []
+        parts = []
+        texts = [("question", question), *((f"option {OPTION_LETTERS[i]}", o) for i, o in enumerate(options or []))]
+        for what, text in texts:
+            text = str(text)
+            enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            words = [text[a:b] for t, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]) if t == unk]
+            if words:
+                parts.append(f"{', '.join(dict.fromkeys(words))} ({what})")
+        return [f"the model does not know these words, so it cannot read them: {'; '.join(parts)}"] if parts else []
+
     # -- frames --------------------------------------------------------------------------------
     def preprocess(self, frames) -> torch.Tensor:
         c = self.config
@@ -163,7 +180,14 @@ class StormProcessor:
                 ids, lab = ids + ans, lab + ans
             seqs.append(ids)
             labels.append(lab)
-        width = max(len(s) for s in seqs)
+        limit = getattr(self.config.text_config, "max_position_embeddings", None)
+        longest = max(len(s) for s in seqs)
+        if limit and longest > limit:
+            raise InputError(
+                f"the prompt is {longest} tokens but the model reads at most {limit}: use fewer frames, temporal "
+                "sampling or a shorter question"
+            )
+        width = longest
         side = "right" if answers is not None else padding_side
         pad = self.tokenizer.pad_token_id
         input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)  # (B, L)

@@ -13,8 +13,8 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from ..errors import DataFormatError, MissingFileError, VideoError
+from ..processing import OPTION_LETTERS
 from ..video import load_video
-from .records import MCRecord
 
 
 @dataclass
@@ -26,13 +26,25 @@ class Sample:
 
 
 def _read_any(path: Path) -> list[dict]:
-    text = path.read_text()
-    if path.suffix == ".jsonl":
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    data = json.loads(text)
-    if not isinstance(data, list):
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".jsonl":
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        else:
+            rows = json.loads(text)
+    except UnicodeDecodeError as e:
+        raise DataFormatError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise DataFormatError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(rows, list):
         raise DataFormatError(f"{path}: expected a JSON list of records")
-    return data
+    return rows
+
+
+def _text(value, f, i, what) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise DataFormatError(f"{f}: record {i}: {what} must be a non-empty string")
+    return value
 
 
 def read_training_samples(files, video_root=None) -> list[Sample]:
@@ -43,21 +55,28 @@ def read_training_samples(files, video_root=None) -> list[Sample]:
             raise MissingFileError(f"{f}: no such annotation file")
         root = Path(video_root) if video_root else f.parent
         for i, row in enumerate(_read_any(f)):
-            video = row.get("video")
-            if not video:
-                raise DataFormatError(f"{f}: record {i} has no 'video' field")
+            if not isinstance(row, dict):
+                raise DataFormatError(f"{f}: record {i} is a {type(row).__name__}, not an object")
+            video = _text(row.get("video"), f, i, "'video'")
             path = str(video if Path(video).is_absolute() else root / video)
             if "conversations" in row:
                 conv = row["conversations"]
-                human = next((c["value"] for c in conv if c.get("from") in ("human", "user")), None)
-                gpt = next((c["value"] for c in conv if c.get("from") in ("gpt", "assistant")), None)
+                if not isinstance(conv, list) or not all(isinstance(c, dict) for c in conv):
+                    raise DataFormatError(f"{f}: record {i}: 'conversations' must be a list of turns")
+                human = next((c.get("value") for c in conv if c.get("from") in ("human", "user")), None)
+                gpt = next((c.get("value") for c in conv if c.get("from") in ("gpt", "assistant")), None)
                 if human is None or gpt is None:
                     raise DataFormatError(f"{f}: record {i} needs a human and a gpt turn")
-                question = human.replace("<video>", "").replace("<image>", "").strip()
-                samples.append(Sample(path, question, None, gpt.strip()))
+                question = _text(human, f, i, "the human turn").replace("<video>", "").replace("<image>", "").strip()
+                samples.append(Sample(path, question, None, _text(gpt, f, i, "the gpt turn").strip()))
             elif "question" in row and "options" in row and "answer" in row:
-                r = MCRecord.from_json(row)
-                samples.append(Sample(path, r.question, r.options, r.answer))
+                opts = row["options"]
+                if not isinstance(opts, list) or not opts or not all(isinstance(o, str) for o in opts):
+                    raise DataFormatError(f"{f}: record {i}: 'options' must be a non-empty list of texts")
+                ans = row["answer"]
+                if not isinstance(ans, str) or ans not in OPTION_LETTERS[: len(opts)]:
+                    raise DataFormatError(f"{f}: record {i}: answer {ans!r} is not one of its option letters")
+                samples.append(Sample(path, _text(row["question"], f, i, "'question'"), opts, ans))
             else:
                 raise DataFormatError(
                     f"{f}: record {i} is neither a conversation nor a multiple-choice record "

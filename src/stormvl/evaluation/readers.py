@@ -31,7 +31,7 @@ def _load_rows(path: Path) -> list[dict]:
             import pandas as pd  # optional: only for the parquet copies on the Hub
 
             return pd.read_parquet(path).to_dict("records")
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
         if path.suffix == ".jsonl":
             return [json.loads(line) for line in text.splitlines() if line.strip()]
         data = json.loads(text)
@@ -39,14 +39,22 @@ def _load_rows(path: Path) -> list[dict]:
         raise BenchmarkFormatError(
             f"{path}: reading parquet needs pandas and pyarrow (pip install pandas pyarrow)"
         ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
+        raise BenchmarkFormatError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
         raise BenchmarkFormatError(f"{path}: not valid JSON ({e})") from None
+    except IsADirectoryError:
+        raise BenchmarkFormatError(f"{path}: is a folder; this benchmark reads one annotation file") from None
     if isinstance(data, dict):  # some releases wrap the list
         for key in ("data", "annotations", "questions"):
             if isinstance(data.get(key), list):
-                return data[key]
+                data = data[key]
+                break
     if not isinstance(data, list):
         raise BenchmarkFormatError(f"{path}: expected a list of question records")
+    for i, row in enumerate(data):
+        if not isinstance(row, dict):
+            raise BenchmarkFormatError(f"{path}: record {i} is a {type(row).__name__}, not an object")
     return data
 
 
@@ -196,6 +204,17 @@ def read_synthetic(path: Path) -> list[MCRecord]:
     return out
 
 
+def _check_types(r: MCRecord, path, i) -> None:
+    """Wrongly typed fields fail here, naming the record, not later inside the model."""
+    for name in ("id", "video", "question"):
+        if not isinstance(getattr(r, name), str) or not getattr(r, name).strip():
+            raise BenchmarkFormatError(f"{path}: record {i}: '{name}' must be a non-empty string")
+    if not isinstance(r.options, list) or not r.options or not all(isinstance(o, str) for o in r.options):
+        raise BenchmarkFormatError(f"{path}: record {i}: options must be a non-empty list of texts")
+    if not isinstance(r.answer, str) or r.answer not in LETTERS[: len(r.options)]:
+        raise BenchmarkFormatError(f"{path}: record {i}: answer {r.answer!r} is not one of its option letters")
+
+
 READERS = {
     "videomme": read_videomme,
     "mlvu": read_mlvu,
@@ -212,4 +231,18 @@ def read_benchmark(name: str, path) -> list[MCRecord]:
     records = READERS[key](Path(path))
     if not records:
         raise BenchmarkFormatError(f"{path}: no questions found")
+    for i, r in enumerate(records):
+        _check_types(r, path, i)
+    seen, dupes = set(), []
+    for r in records:
+        if r.id in seen:
+            dupes.append(r.id)
+        seen.add(r.id)
+    if dupes:
+        # Results are keyed by id: a repeated id would score one question twice and another never.
+        raise BenchmarkFormatError(f"{path}: duplicate question id(s) {sorted(set(dupes))[:5]}; ids must be unique")
+    for r in records:
+        if len(r.options) > len(LETTERS):
+            n, most = len(r.options), len(LETTERS)
+            raise BenchmarkFormatError(f"{path}: question {r.id!r} has {n} options; at most {most}")
     return records

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..data.records import MCRecord
-from ..errors import VideoError
+from ..errors import StormError, VideoError
 from ..video import load_video
 
 PRED_SHARD = "predictions.rank{rank}.jsonl"
@@ -58,7 +58,7 @@ def evaluate(
     out.mkdir(parents=True, exist_ok=True)
     done = _done_ids(out)
     mine = [r for i, r in enumerate(records) if i % world == rank and r.id not in done]
-    frames = num_frames or pipeline.config.num_frames
+    frames = pipeline.config.num_frames if num_frames is None else num_frames
     bar = None
     if progress and rank == 0:
         from tqdm import tqdm
@@ -78,7 +78,9 @@ def evaluate(
         except VideoError as e:
             return None, str(e)
 
-    shard = open(out / PRED_SHARD.format(rank=rank), "a")
+    shard_path = out / PRED_SHARD.format(rank=rank)
+    _drop_partial_line(shard_path)
+    shard = open(shard_path, "a")
     with ThreadPoolExecutor(max_workers=max(1, prefetch)) as pool:
         futures = [pool.submit(decode, r) for r in mine[: prefetch + 1]]
         for k, rec in enumerate(mine):
@@ -91,17 +93,23 @@ def evaluate(
                 row.update(status="skipped", error=err)
             else:
                 t = time.perf_counter()
-                ans = pipeline.answer(
-                    clip, rec.question, rec.options, temporal_sample=temporal_sample, max_new_tokens=8
-                )
-                row.update(
-                    status="ok",
-                    response=ans.text,
-                    pred=ans.letter,
-                    correct=ans.letter == rec.answer,
-                    seconds=round(time.perf_counter() - t, 4),
-                    visual_tokens=ans.visual_tokens,
-                )
+                try:
+                    ans = pipeline.answer(
+                        clip, rec.question, rec.options, temporal_sample=temporal_sample, max_new_tokens=8
+                    )
+                except StormError as e:  # this question cannot be asked (too long, too many options): skip it
+                    clip, err = None, f"{rec.id}: {e}"
+                    row.update(status="skipped", error=err)
+                else:
+                    row.update(
+                        status="ok",
+                        response=ans.text,
+                        pred=ans.letter,
+                        correct=ans.letter == rec.answer,
+                        uncertain=ans.uncertain,
+                        seconds=round(time.perf_counter() - t, 4),
+                        visual_tokens=ans.visual_tokens,
+                    )
             shard.write(json.dumps(row) + "\n")
             shard.flush()
             if bar is not None:
@@ -111,6 +119,17 @@ def evaluate(
     shard.close()
     if bar is not None:
         bar.close()
+
+
+def _drop_partial_line(path: Path) -> None:
+    """An interrupted run can leave its last line half-written; appending after it would glue the
+    next row onto it. Cut the file back to its last complete line (that sample runs again)."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(path, "r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
 
 
 def merge(out_dir, records: list[MCRecord], settings: dict) -> dict:
@@ -145,7 +164,10 @@ def merge(out_dir, records: list[MCRecord], settings: dict) -> dict:
             k: {"accuracy": round(100 * c / n, 2), "correct": c, "total": n} for k, (c, n) in sorted(per_task.items())
         },
         "answered": n_ok,
+        # Answers the model flagged (unknown words, options it could not tell apart).
+        "uncertain": sum(1 for r in ordered if r.get("uncertain")),
         "skipped": skipped,
+        "first_error": next((r["error"] for r in ordered if r["status"] != "ok"), None),
         "missing": len(records) - len(ordered),
         "seconds_per_answer": round(sum(secs) / len(secs), 4) if secs else None,
         "settings": settings,

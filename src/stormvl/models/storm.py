@@ -175,15 +175,15 @@ class StormForConditionalGeneration(StormPreTrainedModel):
         (model, tokenizer) with the video token added to the tokenizer and embeddings."""
         from transformers import AutoConfig, AutoTokenizer
 
-        vcfg = AutoConfig.from_pretrained(vision_path)
+        vcfg = AutoConfig.from_pretrained(vision_path, local_files_only=True)
         if hasattr(vcfg, "vision_config"):
             from transformers import SiglipVisionModel
 
-            vision = SiglipVisionModel.from_pretrained(vision_path)
+            vision = SiglipVisionModel.from_pretrained(vision_path, local_files_only=True)
         else:
-            vision = AutoModel.from_pretrained(vision_path)
-        lm = AutoModelForCausalLM.from_pretrained(llm_path)
-        tok = tokenizer or AutoTokenizer.from_pretrained(llm_path)
+            vision = AutoModel.from_pretrained(vision_path, local_files_only=True)
+        lm = AutoModelForCausalLM.from_pretrained(llm_path, local_files_only=True)
+        tok = tokenizer or AutoTokenizer.from_pretrained(llm_path, local_files_only=True)
         video_token = storm_kwargs.pop("video_token", "<video>")
         tok.add_special_tokens({"additional_special_tokens": [video_token]})
         if len(tok) > lm.get_input_embeddings().num_embeddings:

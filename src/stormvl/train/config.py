@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..config import check_overrides
 from ..errors import ConfigError
+from ..model_folder import check_model_folder
 from ..testing import TinySize
 
 
@@ -70,6 +71,16 @@ class TrainConfig:
             raise ConfigError("model.path is required with init: pretrained")
         if self.model.init == "parts" and not (self.model.vision_path and self.model.llm_path):
             raise ConfigError("model.vision_path and model.llm_path are required with init: parts")
+        if self.model.init == "parts":
+            for name in ("vision_path", "llm_path"):
+                folder = Path(getattr(self.model, name))
+                if not (folder / "config.json").is_file():
+                    # A name that is not a local folder would be looked up on a model hub: never silently.
+                    raise ConfigError(f"model.{name}: {folder} is not a local model folder (no config.json)")
+        if self.model.init == "pretrained":
+            check_model_folder(self.model.path)
+        if Path(self.output_dir).exists() and not Path(self.output_dir).is_dir():
+            raise ConfigError(f"output_dir: {self.output_dir} exists and is not a folder")
         if self.strategy not in ("ddp", "fsdp"):
             raise ConfigError(f"strategy must be ddp or fsdp, not {self.strategy!r}")
         if self.dtype not in ("float32", "bfloat16"):
@@ -159,4 +170,7 @@ def load_train_config(path) -> TrainConfig:
             stage.data = [rel(p) for p in stage.data]
     cfg.output_dir = rel(cfg.output_dir) if "output_dir" in data else cfg.output_dir
     cfg.data.video_root = rel(cfg.data.video_root)
+    cfg.model.path = rel(cfg.model.path)
+    cfg.model.vision_path = rel(cfg.model.vision_path)
+    cfg.model.llm_path = rel(cfg.model.llm_path)
     return cfg.validate()

@@ -13,6 +13,7 @@ import os
 import random
 import shutil
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from ..data.dataset import VideoQADataset, read_training_samples
-from ..errors import ModelFolderError
+from ..errors import DataFormatError, ModelFolderError
 from ..models.storm import StormForConditionalGeneration
 from ..processing import OPTION_LETTERS, StormProcessor, move_batch
 from .config import TrainConfig
@@ -51,7 +52,7 @@ def build_model(cfg: TrainConfig, samples):
         model = StormForConditionalGeneration(config)
         return model, StormProcessor(tok, config)
     if m.init == "pretrained":
-        model = StormForConditionalGeneration.from_pretrained(m.path)
+        model = StormForConditionalGeneration.from_pretrained(m.path, use_safetensors=True)
         model.config.with_overrides(storm, where="model.storm")
         return model, StormProcessor.from_pretrained(m.path, model.config)
     model, tok = StormForConditionalGeneration.from_parts(m.vision_path, m.llm_path, **storm)
@@ -68,6 +69,23 @@ def load_trainer_state(path: Path) -> dict:
     except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
         raise ModelFolderError(f"{path}: not a loadable trainer state, refusing to resume from it ({first})") from None
+
+
+def _truncate_log(path: Path, global_step: int) -> None:
+    """Keep only the log lines up to `global_step`: a run interrupted after its last checkpoint
+    logged steps that the resumed run trains (and logs) again."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["global_step"] <= global_step:
+                keep.append(line + "\n")
+        except (json.JSONDecodeError, KeyError, TypeError):
+            pass  # a line cut off by the interruption
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text("".join(keep))
+    os.replace(tmp, path)
 
 
 def latest_checkpoint(output_dir) -> Path | None:
@@ -115,7 +133,7 @@ class Trainer:
         np.random.seed(cfg.seed)
         self.resume_from = latest_checkpoint(self.out)
         if self.resume_from is not None:
-            self.model = StormForConditionalGeneration.from_pretrained(self.resume_from)
+            self.model = StormForConditionalGeneration.from_pretrained(self.resume_from, use_safetensors=True)
             self.processor = StormProcessor.from_pretrained(self.resume_from, self.model.config)
         else:
             self.model, self.processor = build_model(cfg, [s for ss in self._samples.values() for s in ss])
@@ -130,7 +148,15 @@ class Trainer:
     def samples_for(self, stage):
         files = self._files(stage)
         if files not in self._samples:
-            self._samples[files] = read_training_samples(files, self.cfg.data.video_root)
+            samples = read_training_samples(files, self.cfg.data.video_root)
+            missing = [s.video for s in samples if not os.path.isfile(s.video)]
+            if len(missing) == len(samples):
+                raise DataFormatError(f"none of the {len(samples)} videos named in {list(files)} exist ({missing[0]})")
+            if missing and self.rank == 0:
+                warnings.warn(
+                    f"{len(missing)} of {len(samples)} training videos do not exist (first: {missing[0]})", stacklevel=2
+                )
+            self._samples[files] = samples
         return self._samples[files]
 
     def dataset(self, stage, frames: int) -> VideoQADataset:
@@ -227,6 +253,8 @@ class Trainer:
                 print(f"resuming from {self.resume_from} (step {state['global_step']})", flush=True)
         self.out.mkdir(parents=True, exist_ok=True)
         global_step = state["global_step"] if state else 0
+        if self.rank == 0:
+            _truncate_log(self.out / "log.jsonl", global_step)
         log = open(self.out / "log.jsonl", "a") if self.rank == 0 else None
         wrapped = self.model
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if cfg.dtype == "bfloat16" else nullcontext()
@@ -266,9 +294,11 @@ class Trainer:
                 )
             wrapped.train()
             t0 = time.time()
+            empty = 0
             for step in range(start_step, stage.steps):
                 batch = self.collate(ds, self.batch_indices(si, step))
                 if batch is None:
+                    empty += 1
                     continue
                 batch = move_batch(batch, self.device)
                 with autocast:
@@ -311,6 +341,15 @@ class Trainer:
                     return None
             if bar is not None:
                 bar.close()
+            if empty == stage.steps - start_step:
+                raise DataFormatError(
+                    f"stage {stage.name}: trained 0 steps, no sample's video could be decoded (see the warnings above)"
+                )
+            if empty:
+                warnings.warn(
+                    f"stage {stage.name}: {empty} of {stage.steps - start_step} steps had no usable sample",
+                    stacklevel=2,
+                )
             state = None
         self.save(wrapped, None, None, len(cfg.stages), 0, global_step, final=True)
         if log:
