@@ -114,8 +114,8 @@ def cmd_synth(a):
     bad = [t for t in tasks if t not in TASKS]
     if bad:
         raise InputError(f"unknown task type(s) {bad}; choose from {TASKS}")
-    if a.num < 1:
-        raise InputError("--num must be >= 1")
+    _check_counts(a, num=(1, None), frames=(8, 4096))
+    _writable_dir(a.out)
     recs = generate_split(a.out, a.num, a.frames, a.seed, tasks=tasks, progress=True)
     print(f"wrote {len(recs)} samples to {a.out}/annotations.jsonl", file=sys.stderr)
 
@@ -222,6 +222,16 @@ def cmd_bench(a):
     if a.repeats < 1 or a.warmup < 0:
         raise InputError("--repeats must be >= 1 and --warmup >= 0")
     _writable_dir(a.out)  # before minutes of measuring, not after
+    try:
+        device = torch.device(a.device)
+    except RuntimeError:
+        raise InputError(f"--device {a.device!r}: not a device name (cpu, cuda, cuda:1, mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {a.device}: CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise InputError(f"--device {a.device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type not in ("cpu", "cuda"):
+        raise InputError(f"--device {a.device}: stormvl bench runs on cpu or cuda")
     if a.video:
         from .video import probe
 
