@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from stormvl.config import _BASE_KEYS, FIELDS, StormConfig
+from stormvl.config import FIELDS, TRANSFORMERS_KEYS, StormConfig
 from stormvl.errors import ConfigError
 from stormvl.testing import tiny_config
 
@@ -46,9 +46,9 @@ def test_unknown_keys_are_refused_with_the_known_ones_listed(tmp_path):
 
 def test_every_attribute_is_a_documented_field():
     # What a saved config holds beyond transformers' own keys is exactly the documented fields.
-    assert set(StormConfig().to_dict()) - _BASE_KEYS == set(FIELDS)
+    assert set(StormConfig().to_dict()) - TRANSFORMERS_KEYS == set(FIELDS)
     for name, f in FIELDS.items():
-        assert f.group in ("vision", "temporal encoder", "reduction", "prompting", "preprocessing")
+        assert f.group in ("vision", "language model", "temporal encoder", "reduction", "prompting", "preprocessing")
         assert f.changes in ("fixed", "training", "any") and f.doc
         assert f"{name} (default {f.default!r}; changes: {f.changes})" in StormConfig.__doc__
 

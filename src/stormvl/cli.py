@@ -74,16 +74,16 @@ def cmd_answer(a):
     pipe = load(a.model)
     frames = a.frames if a.frames is not None else pipe.config.num_frames
     options = a.options or None
-    if not a.json:
-        print(
-            f"{a.video}: {info.duration:.1f} s, {info.num_frames} frames; sampling {frames} -> "
-            f"{pipe.config.tokens_per_video(frames, a.temporal_sample)} visual tokens",
-            file=sys.stderr,
-        )
     # A progress bar (stderr) only where decoding takes a noticeable time.
     ans = pipe.answer(
         a.video, a.question, options, num_frames=frames, temporal_sample=a.temporal_sample, progress=info.duration > 120
     )
+    if not a.json:  # what was read, after it was read (a failure leaves only its error line)
+        print(
+            f"{a.video}: {info.duration:.1f} s, {info.num_frames} frames; sampled {ans.num_frames} -> "
+            f"{ans.visual_tokens} visual tokens",
+            file=sys.stderr,
+        )
     if a.json:
         print(
             json.dumps(
@@ -122,21 +122,20 @@ def cmd_synth(a):
 
 def cmd_train(a):
     from .train.config import load_train_config
-    from .train.trainer import train
 
-    _quiet_transformers()
     cfg = load_train_config(a.config)
     if a.output_dir:
         cfg.output_dir = a.output_dir
         cfg.validate()
+    _quiet_transformers()
+    from .train.trainer import train
+
     final = train(cfg)
     if final is not None and int(os.environ.get("RANK", "0")) == 0:
         print(f"model written to {final}", file=sys.stderr)
 
 
 def cmd_eval(a):
-    import torch.distributed as dist
-
     from .evaluation.readers import read_benchmark
     from .evaluation.runner import evaluate, format_summary, merge
     from .frame_plan import MAX_FRAMES
@@ -151,6 +150,8 @@ def cmd_eval(a):
         check_model_folder(a.model)
     _writable_dir(a.out)
     _quiet_transformers()
+    import torch.distributed as dist
+
     video_root = a.videos or os.path.dirname(os.path.abspath(a.annotations))
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     if world > 1 and not dist.is_initialized():
@@ -222,15 +223,9 @@ def cmd_bench(a):
     if a.repeats < 1 or a.warmup < 0:
         raise InputError("--repeats must be >= 1 and --warmup >= 0")
     _writable_dir(a.out)  # before minutes of measuring, not after
-    try:
-        device = torch.device(a.device)
-    except RuntimeError:
-        raise InputError(f"--device {a.device!r}: not a device name (cpu, cuda, cuda:1, mps)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {a.device}: CUDA is not available on this machine")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise InputError(f"--device {a.device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if device.type not in ("cpu", "cuda"):
+    from .device import resolve_device
+
+    if resolve_device(a.device).type == "mps":
         raise InputError(f"--device {a.device}: stormvl bench runs on cpu or cuda")
     if a.video:
         from .video import probe

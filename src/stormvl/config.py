@@ -22,7 +22,7 @@ from .errors import ConfigError
 @dataclass(frozen=True)
 class Field:
     default: Any
-    group: str  # vision | temporal encoder | reduction | prompting | preprocessing
+    group: str  # vision | language model | temporal encoder | reduction | prompting | preprocessing
     changes: str  # "fixed" | "training" | "any": when the value may change (module docstring)
     doc: str
     choices: tuple | None = None
@@ -33,7 +33,6 @@ POSITIVE_INT = "an integer >= 1"
 FIELDS: dict[str, Field] = {
     # -- vision ------------------------------------------------------------------------------------
     "vision_config": Field(None, "vision", "fixed", "The vision tower's transformers config (SigLIP by default)."),
-    "text_config": Field(None, "vision", "fixed", "The causal LM's transformers config (Qwen2 by default)."),
     "projector_type": Field(
         "linear",
         "vision",
@@ -45,6 +44,8 @@ FIELDS: dict[str, Field] = {
         2, "vision", "fixed", "Pixel-shuffle factor before the projector: 2 makes 2x2 patches one token."
     ),
     "vision_batch_size": Field(32, "vision", "any", "Frames per vision-tower call; bounds memory, not results."),
+    # -- language model ----------------------------------------------------------------------------
+    "text_config": Field(None, "language model", "fixed", "The causal LM's transformers config (Qwen2 by default)."),
     # -- temporal encoder --------------------------------------------------------------------------
     "use_temporal_encoder": Field(
         True, "temporal encoder", "fixed", "False is the VILA baseline in the same code path."
@@ -95,13 +96,27 @@ FIELDS: dict[str, Field] = {
     "image_std": Field((0.5, 0.5, 0.5), "preprocessing", "fixed", "Per-channel std the vision tower was trained with."),
 }
 
-# Keys transformers itself writes into config.json or passes to a config's constructor. They vary a
-# little by transformers release, so the bare base config is asked rather than a list kept here.
-_BASE_KEYS = (
+# Keys transformers' own PretrainedConfig reads or writes in config.json, across the releases
+# stormvl supports (4.46 to 5.x): accepted, and left to transformers. Asked of the running release
+# too, so a new base key does not break loading.
+TRANSFORMERS_KEYS = (
     set(inspect.signature(PretrainedConfig.__init__).parameters)
     | set(PretrainedConfig().to_dict())
-    | {"torch_dtype", "_commit_hash", "_attn_implementation_autoset", "attn_implementation", "name_or_path"}
-) - {"self", "kwargs"}
+    | {
+        "_name_or_path", "name_or_path", "_commit_hash", "_attn_implementation_autoset", "attn_implementation",
+        "transformers_version", "architectures", "model_type", "dtype", "torch_dtype", "use_bfloat16",
+        "tf_legacy_loss", "pruned_heads", "tie_word_embeddings", "chunk_size_feed_forward", "is_encoder_decoder",
+        "is_decoder", "cross_attention_hidden_size", "add_cross_attention", "tie_encoder_decoder", "finetuning_task",
+        "id2label", "label2id", "tokenizer_class", "prefix", "bos_token_id", "pad_token_id", "eos_token_id",
+        "sep_token_id", "decoder_start_token_id", "task_specific_params", "problem_type", "output_attentions",
+        "output_hidden_states", "return_dict", "torchscript", "max_length", "min_length", "do_sample",
+        "early_stopping", "num_beams", "num_beam_groups", "diversity_penalty", "temperature", "top_k", "top_p",
+        "typical_p", "repetition_penalty", "length_penalty", "no_repeat_ngram_size", "encoder_no_repeat_ngram_size",
+        "bad_words_ids", "num_return_sequences", "output_scores", "return_dict_in_generate", "forced_bos_token_id",
+        "forced_eos_token_id", "remove_invalid_values", "exponential_decay_length_penalty", "suppress_tokens",
+        "begin_suppress_tokens",
+    }
+) - {"self", "kwargs"}  # fmt: skip
 
 
 def _field_docs() -> str:
@@ -119,7 +134,7 @@ class StormConfig(PretrainedConfig):
     sub_configs = {"vision_config": AutoConfig, "text_config": AutoConfig}
 
     def __init__(self, **kwargs):
-        unknown = sorted(set(kwargs) - set(FIELDS) - _BASE_KEYS)
+        unknown = sorted(set(kwargs) - set(FIELDS) - TRANSFORMERS_KEYS)
         if unknown:
             raise ConfigError(f"StormConfig: unknown key(s) {unknown}; known: {sorted(FIELDS)}")
         for name, f in FIELDS.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,7 +10,8 @@ from pathlib import Path
 import torch
 
 from .config import StormConfig
-from .errors import InputError, ModelFolderError, StormError
+from .device import resolve_device
+from .errors import ModelFolderError
 from .model_folder import check_model_folder
 from .models.storm import StormForConditionalGeneration
 from .processing import OPTION_LETTERS, StormProcessor, check_options, move_batch, parse_letter
@@ -123,19 +125,15 @@ class StormPipeline:
 
 def load(path: str | os.PathLike | None = None, device: str | None = None, dtype=None) -> StormPipeline:
     """Load a saved STORM model folder (the embedded default model when `path` is None)."""
+    from safetensors import SafetensorError
+
     path = check_model_folder(path if path is not None else DEFAULT_MODEL)
+    target = resolve_device(device)
     kw = {"use_safetensors": True, **({"dtype": dtype} if dtype else {})}
     try:
         model = StormForConditionalGeneration.from_pretrained(path, **kw)
         processor = StormProcessor.from_pretrained(path, model.config)
-    except StormError:
-        raise
-    except (OSError, ValueError, RuntimeError, KeyError) as e:  # damaged files a user handed us
+    except (OSError, SafetensorError, json.JSONDecodeError) as e:  # files damaged or missing
         first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
         raise ModelFolderError(f"{path}: cannot load the model ({first})") from None
-    if device:
-        try:
-            model.to(device)
-        except (RuntimeError, ValueError) as e:
-            raise InputError(f"device {device!r} is not usable here ({str(e).splitlines()[0]})") from None
-    return StormPipeline(model, processor)
+    return StormPipeline(model.to(target), processor)

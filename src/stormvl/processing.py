@@ -8,6 +8,7 @@ it used, so `model(**batch)` and `model.generate(**batch)` reduce the video to t
 
 from __future__ import annotations
 
+import numbers
 import os
 import re
 import string
@@ -132,7 +133,7 @@ class StormProcessor:
         answer that depends on them is a guess. Empty for tokenizers without an unknown token
         (byte-level BPE reads everything)."""
         unk = self.tokenizer.unk_token_id
-        if unk is None:
+        if unk is None or not getattr(self.tokenizer, "is_fast", False):  # offsets need a fast tokenizer
             return []
         parts = []
         texts = [("question", question), *((f"option {OPTION_LETTERS[i]}", o) for i, o in enumerate(options or []))]
@@ -167,7 +168,7 @@ class StormProcessor:
         if len(videos) != len(prompts):
             raise InputError(f"{len(videos)} videos but {len(prompts)} prompts")
         s = self.config.temporal_sample if temporal_sample is None else temporal_sample
-        if isinstance(s, bool) or not isinstance(s, int) or s < 1:
+        if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1:
             raise InputError(f"temporal_sample must be an integer >= 1, got {s!r}")
         pixel = [v if torch.is_tensor(v) and v.dtype.is_floating_point else self.preprocess(v) for v in videos]
         seqs, labels = [], []
@@ -203,7 +204,7 @@ class StormProcessor:
             "input_ids": input_ids,
             "attention_mask": attn,
             "pixel_values_videos": torch.stack(pixel) if same_len else pixel,  # (B, T, 3, S, S) or list
-            "temporal_sample": s,
+            "temporal_sample": int(s),
         }
         if answers is not None:
             out["labels"] = lab_t

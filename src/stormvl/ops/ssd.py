@@ -15,15 +15,10 @@ passed in and out so a stream can continue from where the last clip ended.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
-
-# The optional fused kernel, resolved once. Only a missing package means "not installed": any
-# other failure while importing it is a broken install and should be seen, not silently skipped.
-try:
-    from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
-except ImportError:
-    mamba_chunk_scan_combined = None
 
 __all__ = ["ssd_scan", "ssd_scan_ref", "ssd_scan_chunked", "ssd_chunked_flops"]
 
@@ -203,6 +198,21 @@ def ssd_chunked_flops(b, l, h, p, n, g=1, chunk_size=64):
     return cb + intra + states + out
 
 
+@functools.cache
+def mamba_ssm_kernel():
+    """`mamba_ssm`'s fused chunk scan, or None when the package is not installed. Resolved once, on
+    the first CUDA call (importing it pulls in triton). Only the package being absent counts as
+    "not installed": a broken install (a missing CUDA library, an ABI mismatch) is raised, not
+    silently replaced by the slower path."""
+    try:
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+    except ModuleNotFoundError as e:
+        if e.name and e.name.split(".")[0] == "mamba_ssm":
+            return None
+        raise
+    return mamba_chunk_scan_combined
+
+
 def ssd_scan(
     x,
     dt,
@@ -231,8 +241,9 @@ def ssd_scan(
     if impl == "ref":
         return ssd_scan_ref(x, dt, A, B, C, D, **kw)
     if impl in ("auto", "kernel") and x.is_cuda:
-        if mamba_chunk_scan_combined is not None:
-            return mamba_chunk_scan_combined(
+        kernel = mamba_ssm_kernel()
+        if kernel is not None:
+            return kernel(
                 x,
                 dt,
                 A,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..config import check_overrides
 from ..errors import ConfigError
+from ..frame_plan import MAX_FRAMES
 from ..model_folder import check_model_folder
 from ..testing import TinySize
 
@@ -94,8 +95,22 @@ class TrainConfig:
                 raise ConfigError(f"stage {s.name}: steps must be >= 1 and lr > 0")
         if not 0.0 <= self.data.open_ended_ratio <= 1.0:
             raise ConfigError("data.open_ended_ratio must be in [0, 1]")
-        if self.batch_size < 1 or self.data.num_frames < 1:
-            raise ConfigError("batch_size and data.num_frames must be >= 1")
+        if self.batch_size < 1 or not 1 <= self.data.num_frames <= MAX_FRAMES:
+            raise ConfigError(f"batch_size must be >= 1 and data.num_frames in [1, {MAX_FRAMES}]")
+        for name, low in (("save_every", 1), ("log_every", 1), ("seed", 0), ("warmup_steps", 0)):
+            if getattr(self, name) < low:
+                raise ConfigError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        for name in ("grad_clip", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for s in self.stages:
+            if s.temporal_pool is not None and s.temporal_pool < 1:
+                raise ConfigError(f"stage {s.name}: temporal_pool must be >= 1, got {s.temporal_pool}")
+            if s.num_frames is not None and not 1 <= s.num_frames <= MAX_FRAMES:
+                raise ConfigError(f"stage {s.name}: num_frames must be in [1, {MAX_FRAMES}], got {s.num_frames}")
+        reserved = sorted(set(self.model.storm) & {"vision_config", "text_config", "video_token", "video_token_id"})
+        if reserved:
+            raise ConfigError(f"model.storm: {reserved} come from the backbones and tokenizer, not the config")
         if "num_frames" in self.model.storm:
             raise ConfigError(
                 "model.storm.num_frames: set the frame count in data.num_frames (or a stage's num_frames)"
@@ -145,8 +160,8 @@ def load_train_config(path) -> TrainConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
-    text = path.read_text()
     try:
+        text = path.read_text(encoding="utf-8")
         if path.suffix in (".yaml", ".yml"):
             import yaml
 

@@ -266,10 +266,11 @@ class Trainer:
                 continue
             model = self._unwrapped(self.model)
             set_trainable(model, stage.train)
-            if stage.temporal_pool is not None:
-                model.config.temporal_pool = stage.temporal_pool
             frames = stage.num_frames or cfg.data.num_frames
-            model.config.num_frames = frames
+            changes = {"num_frames": frames}
+            if stage.temporal_pool is not None:
+                changes["temporal_pool"] = stage.temporal_pool
+            model.config.with_overrides(changes, where=f"stage {stage.name}")
             wrapped = self._wrap(model)
             params = [p for p in wrapped.parameters() if p.requires_grad]
             opt = torch.optim.AdamW(params, lr=stage.lr, weight_decay=cfg.weight_decay)
@@ -297,8 +298,8 @@ class Trainer:
             empty = 0
             for step in range(start_step, stage.steps):
                 batch = self.collate(ds, self.batch_indices(si, step))
-                if batch is None:
-                    empty += 1
+                if not self._all_ranks_have(batch is not None):
+                    empty += 1  # every rank skips together: a lone rank in all-reduce would hang
                     continue
                 batch = move_batch(batch, self.device)
                 with autocast:
@@ -355,6 +356,13 @@ class Trainer:
         if log:
             log.close()
         return self.out / "final"
+
+    def _all_ranks_have(self, ok: bool) -> bool:
+        if self.world == 1:
+            return ok
+        flag = torch.tensor([int(ok)], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
 
     def _wrap(self, model):
         if self.world == 1:
