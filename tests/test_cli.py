@@ -325,3 +325,20 @@ def test_help_does_not_import_torch():
     code = "import sys, stormvl, stormvl.cli\nstormvl.cli.build_parser().format_help()\nprint('torch' in sys.modules)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.stdout.strip() == "False", r.stderr
+
+
+def test_unknown_words_and_ties_are_flagged_not_hidden(capsys):
+    q = "What animal appears in the video?"
+    picks = []
+    for options in (["dog", "cat", "rabbit", "bird"], ["bird", "rabbit", "cat", "dog"]):
+        assert main(["answer", "examples/clip.mp4", q, "--options", *options, "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["uncertain"] is True
+        assert any("does not know these words" in w and "dog (option" in w for w in out["warnings"])
+        assert any("indistinguishable" in w and "comes first" in w for w in out["warnings"])
+        picks.append(out["answer"])
+    assert picks == ["A. dog", "A. bird"]  # a position-made pick, which the flag above owns up to
+    assert main(["answer", "examples/clip.mp4", "Which direction does the red square move?", "--options",
+                 "left", "right", "up", "down"]) == 0  # fmt: skip
+    captured = capsys.readouterr()
+    assert captured.out.strip() == "B. right" and "warning" not in captured.err

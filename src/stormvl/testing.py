@@ -49,9 +49,10 @@ def build_word_tokenizer(texts, extra_words=()):
     )
 
 
-def tiny_config(tokenizer, size: TinySize | None = None, **storm_kwargs) -> StormConfig:
-    """A small STORM configuration with a SigLIP vision tower and a Qwen2 or Llama LM."""
-    z = size or TinySize()
+def tiny_config(tokenizer, size: TinySize | str | None = None, **storm_kwargs) -> StormConfig:
+    """A small STORM configuration with a SigLIP vision tower and a Qwen2 or Llama LM (`size` may
+    be just the LM's name, "qwen2" or "llama")."""
+    z = TinySize(llm=size) if isinstance(size, str) else size or TinySize()
     heads = max(1, z.hidden // 32)
     text = dict(
         model_type=z.llm,

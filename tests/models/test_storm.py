@@ -38,7 +38,7 @@ def test_mismatched_prompt_is_an_error(tiny_model):
     model, proc = tiny_model(temporal_pool=2)
     batch = proc([FRAMES], [proc.prompt_text("what happens ?")])  # built for s=1
     batch["temporal_sample"] = 2  # a hand-built batch that disagrees with its own prompt
-    with pytest.raises(InputError, match="the prompt has 64 video tokens but the video gives 32"):
+    with pytest.raises(InputError, match=r"the prompt has \[64\] video tokens but the video gives \[32\]"):
         model(**batch)
 
 
@@ -125,3 +125,14 @@ def test_from_parts_loads_local_backbones(tiny_tokenizer, tmp_path):
     assert all(torch.equal(v, model.vision_tower.state_dict()[k]) for k, v in sd.items() if "head" not in k.split("."))
     assert torch.equal(model.language_model.get_input_embeddings().weight, lm.get_input_embeddings().weight)
     assert model.config.temporal_pool == 4 and model.config.video_token_id == tok.convert_tokens_to_ids("<video>")
+
+
+def test_per_row_mismatches_cannot_cancel_out(tiny_model):
+    model, proc = tiny_model()
+    videos = [FRAMES, FRAMES[:4]]  # 8 and 4 frames: different token counts per row
+    batch = proc(videos, [proc.prompt_text("what happens ?")] * 2)
+    with torch.no_grad():
+        model(**batch)  # as built: fine
+        batch["pixel_values_videos"] = batch["pixel_values_videos"][::-1]  # same total, rows swapped
+        with pytest.raises(InputError, match=r"\[128, 64\] video tokens but the video gives \[64, 128\]"):
+            model(**batch)

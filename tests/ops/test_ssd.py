@@ -118,3 +118,26 @@ def test_long_inputs_run_in_segments_with_the_same_result():
     y_ref, s_ref = ssd_scan_ref(x, dt, A, B, C, D, return_final_state=True)
     y, s = ssd_scan_chunked(x, dt, A, B, C, D, chunk_size=4, return_final_state=True)
     assert _rel(y, y_ref) < 1e-10 and _rel(s, s_ref) < 1e-10
+
+
+def test_mamba_ssm_kernel_absent_is_none_but_a_broken_install_is_reported(monkeypatch):
+    import importlib.abc
+    import sys
+
+    from stormvl.ops import ssd
+
+    ssd.mamba_ssm_kernel.cache_clear()
+    monkeypatch.setitem(sys.modules, "mamba_ssm", None)  # not installed
+    assert ssd.mamba_ssm_kernel() is None
+
+    class Broken(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.startswith("mamba_ssm"):
+                raise ImportError("libcudart.so.12: cannot open shared object file")
+
+    ssd.mamba_ssm_kernel.cache_clear()
+    monkeypatch.delitem(sys.modules, "mamba_ssm")
+    monkeypatch.setattr(sys, "meta_path", [Broken(), *sys.meta_path])
+    with pytest.raises(ImportError, match="libcudart"):
+        ssd.mamba_ssm_kernel()
+    ssd.mamba_ssm_kernel.cache_clear()

@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -83,7 +84,13 @@ def test_resume_equals_uninterrupted(tmp_path, split):
     b = load_train_config(_config(tmp_path / "b", split))
     assert train(b, progress=False, stop_after=4) is None  # "interrupted" inside stage 2
     assert (tmp_path / "b" / "run" / "checkpoints" / "step_00000004" / "trainer_state.pt").is_file()
+    # The interrupted run had logged two more steps, the last half-written, after its checkpoint.
+    with open(tmp_path / "b" / "run" / "log.jsonl", "a") as f:
+        f.write(json.dumps({"stage": "sft", "step": 1, "global_step": 5, "loss": 9.0}) + '\n{"stage": "sft", "st')
     train(load_train_config(_config(tmp_path / "b", split)), progress=False)
+    logs = [[json.loads(line) for line in open(tmp_path / r / "run" / "log.jsonl")] for r in ("a", "b")]
+    assert [r["global_step"] for r in logs[1]] == [r["global_step"] for r in logs[0]]  # no duplicates
+    assert 9.0 not in [r["loss"] for r in logs[1]]
     from safetensors.torch import load_file
 
     sa = load_file(tmp_path / "a" / "run" / "final" / "model.safetensors")
@@ -135,3 +142,20 @@ def test_a_crafted_pickle_in_a_checkpoint_is_refused(tmp_path, split, monkeypatc
     with pytest.raises(ModelFolderError, match="refusing to resume"):
         train(load_train_config(_config(tmp_path, split)), progress=False)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_a_run_where_no_video_decodes_fails_instead_of_reporting_success(tmp_path, split, capsys):
+    from stormvl.cli import main
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    rows = [json.loads(line) for line in open(split / "annotations.jsonl")]
+    for r in rows:
+        (broken / Path(r["video"]).name).write_bytes(b"not a video")
+        r["video"] = str(broken / Path(r["video"]).name)
+    (broken / "ann.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = _config(tmp_path, split, data={"train": [str(broken / "ann.jsonl")], "num_frames": 8})
+    assert main(["train", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "trained 0 steps, no sample's video could be decoded" in err and "model written" not in err
+    assert not (tmp_path / "run" / "final").exists()

@@ -58,9 +58,11 @@ def _load_rows(path: Path) -> list[dict]:
     return data
 
 
-def _need(row, field, path, i):
+def _need(row, field, path, i, kind: type | None = None):
     if field not in row or row[field] is None:
         raise BenchmarkFormatError(f"{path}: record {i} has no '{field}' field")
+    if kind is not None and not isinstance(row[field], kind):
+        raise BenchmarkFormatError(f"{path}: record {i}: '{field}' must be a {kind.__name__}")
     return row[field]
 
 
@@ -80,7 +82,7 @@ def read_videomme(path: Path) -> list[MCRecord]:
     out = []
     for i, r in enumerate(_load_rows(path)):
         vid = _need(r, "videoID", path, i)
-        opts = [_strip_letter(o) for o in _need(r, "options", path, i)]
+        opts = [_strip_letter(o) for o in _need(r, "options", path, i, list)]
         ans = str(_need(r, "answer", path, i)).strip().upper()
         if ans not in LETTERS[: len(opts)]:
             raise BenchmarkFormatError(f"{path}: record {i}: answer {ans!r} is not an option letter")
@@ -103,13 +105,13 @@ def _mlvu_file(path: Path, rows) -> list[MCRecord]:
     out = []
     for i, r in enumerate(rows):
         if "candidates" in r:  # official release
-            opts = [str(c) for c in r["candidates"]]
+            opts = [str(c) for c in _need(r, "candidates", path, i, list)]
             ans = _letter_of(_need(r, "answer", path, i), opts, path, i)
             video = _need(r, "video", path, i)
             q = _need(r, "question", path, i)
         else:  # lmms-eval copy: options inside the question text, answer letter
             video = _need(r, "video_name", path, i)
-            text = _need(r, "question", path, i)
+            text = _need(r, "question", path, i, str)
             parts = re.split(
                 r"\n\s*\(?([A-H])[\)\.]\s*", "\n" + text.strip() if text.lstrip().startswith(("(A)", "A.")) else text
             )
@@ -150,7 +152,7 @@ def read_longvideobench(path: Path) -> list[MCRecord]:
     out = []
     for i, r in enumerate(_load_rows(path)):
         if "candidates" in r:
-            opts = [str(c) for c in r["candidates"]]
+            opts = [str(c) for c in _need(r, "candidates", path, i, list)]
         else:
             opts = [str(r[f"option{k}"]) for k in range(5) if f"option{k}" in r and str(r[f"option{k}"]) != "N/A"]
         if not opts:
@@ -176,7 +178,7 @@ def read_longvideobench(path: Path) -> list[MCRecord]:
 def _mvbench_file(path: Path, rows) -> list[MCRecord]:
     out = []
     for i, r in enumerate(rows):
-        opts = [str(c) for c in _need(r, "candidates", path, i)]
+        opts = [str(c) for c in _need(r, "candidates", path, i, list)]
         out.append(
             MCRecord(
                 id=f"{path.stem}-{i}",

@@ -136,13 +136,17 @@ class StormForConditionalGeneration(StormPreTrainedModel):
             return emb
         if video_features is None:
             video_features = self.get_video_features(pixel_values_videos, temporal_sample)
-        feats = torch.cat(list(video_features)) if not torch.is_tensor(video_features) else video_features
-        n = int(mask.sum())
-        if n != feats.shape[0]:
+        if torch.is_tensor(video_features):
+            video_features = [video_features]
+        # One video per prompt row: check each row, so errors cannot cancel out across a batch.
+        have = mask.sum(1).tolist() if len(video_features) == len(input_ids) else [int(mask.sum())]
+        want = [f.shape[0] for f in video_features] if len(have) > 1 else [sum(f.shape[0] for f in video_features)]
+        if have != want:
             raise InputError(
-                f"the prompt has {n} video tokens but the video gives {feats.shape[0]}: build batches with "
+                f"the prompt has {have} video tokens but the video gives {want}: build batches with "
                 "StormProcessor, which sizes the prompt for the model's frame count and token reduction"
             )
+        feats = torch.cat(list(video_features))  # (sum of tokens, D), in row order
         return emb.masked_scatter(mask[..., None], feats.to(emb.dtype))
 
     # -- LLM side ------------------------------------------------------------------------------
