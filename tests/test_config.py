@@ -63,3 +63,10 @@ def test_overrides_refuse_unknown_and_weight_shaping_keys():
     with pytest.raises(ConfigError, match="temporal_sample must be an integer"):
         cfg.with_overrides({"temporal_sample": 0})
     assert cfg.temporal_sample == 1
+
+
+def test_from_pretrained_keyword_overrides_are_validated(tmp_path):
+    StormConfig().save_pretrained(tmp_path)
+    assert StormConfig.from_pretrained(tmp_path, temporal_pool=4).temporal_pool == 4
+    with pytest.raises(ConfigError, match="temporal_pool must be"):
+        StormConfig.from_pretrained(tmp_path, temporal_pool=0)

@@ -160,6 +160,14 @@ class StormConfig(PretrainedConfig):
             raise ConfigError(f"bad StormConfig: token grid {grid} not divisible by spatial_pool={self.spatial_pool}")
         return self
 
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        # from_pretrained(path, temporal_pool=0) sets its keyword arguments after __init__ ran, so
+        # validate again once they are in.
+        out = super().from_dict(config_dict, **kwargs)
+        (out[0] if isinstance(out, tuple) else out).validate()
+        return out
+
     def with_overrides(self, overrides: dict, allow_fixed: bool = False, where: str = "StormConfig") -> StormConfig:
         """Apply `overrides` in place, refusing unknown keys and, unless `allow_fixed`, keys that
         the weights depend on; then validate."""
