@@ -1,3 +1,6 @@
+import tracemalloc
+
+import av
 import numpy as np
 import pytest
 
@@ -72,19 +75,6 @@ def test_bad_inputs(tmp_path, counter_video, audio_only_file):
         load_video(good, fps=-1)
 
 
-def test_corrupt_frames_are_skipped(tmp_path):
-    # Overwrite bytes in the middle of the stream: decoding must still return the frame count
-    # asked for (neighbours stand in for undecodable frames), with a warning at most.
-    frames = np.random.default_rng(0).integers(0, 255, (30, 48, 64, 3), dtype=np.uint8)
-    path = write_video(tmp_path / "noise.mp4", frames, fps=10, gop=5)
-    data = bytearray(path and open(path, "rb").read())
-    mid = len(data) // 2
-    data[mid : mid + 400] = bytes(400)
-    (tmp_path / "corrupt.mp4").write_bytes(bytes(data))
-    clip = load_video(tmp_path / "corrupt.mp4", 10)
-    assert clip.frames.shape == (10, 48, 64, 3)
-
-
 def test_write_video_is_atomic(tmp_path):
     path = tmp_path / "x.mp4"
 
@@ -109,3 +99,182 @@ def test_seeking_with_keyframes_sparser_than_the_seek_gap(tmp_path):
     expected = sample_indices(n, 7)
     assert clip.indices.tolist() == expected.tolist()
     assert [_index_of(f) for f in clip.frames] == expected.tolist()
+
+
+def test_size_scales_frames_while_decoding(counter_video):
+    path, n = counter_video
+    clip = load_video(path, 5, size=32)
+    assert clip.frames.shape == (5, 32, 32, 3) and clip.frames.dtype == np.uint8
+    assert clip.indices.tolist() == sample_indices(n, 5).tolist()
+    assert [_index_of(f) for f in clip.frames] == clip.indices.tolist()  # flat frames keep their colour
+    for bad in (0, -1, 2.5, True, 10**5):
+        with pytest.raises(VideoError, match="size must be an integer"):
+            load_video(path, 4, size=bad)
+
+
+def test_size_never_holds_full_resolution_frames(tmp_path):
+    # 64 frames of 1080p: as one (64, 1080, 1920, 3) uint8 array that is 398 MB. tracemalloc sees
+    # numpy's allocations (the measurement without `size` below proves it in this setup), not
+    # FFmpeg's own frame buffers. Seen: 19-22 MB peak with size=224, 398 MB without.
+    def frames():  # one frame at a time: the test itself holds no 1080p clip
+        for i in range(64):
+            a = np.zeros((1080, 1920, 3), np.uint8)  # (H, W, 3)
+            a[..., 0], a[..., 2] = i * 4, 128
+            yield a
+
+    path = write_video(tmp_path / "hd.mp4", frames(), fps=25)
+
+    def peak_bytes(**kw):
+        tracing = tracemalloc.is_tracing()  # e.g. under PYTHONTRACEMALLOC
+        tracemalloc.start()
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        try:
+            clip = load_video(path, 64, **kw)
+            return tracemalloc.get_traced_memory()[1] - before, clip
+        finally:
+            if not tracing:
+                tracemalloc.stop()
+
+    peak, clip = peak_bytes(size=224)
+    assert clip.frames.shape == (64, 224, 224, 3) and clip.indices.tolist() == list(range(64))
+    assert peak < 300e6, f"peak {peak / 1e6:.0f} MB"
+    del clip
+    peak_full, _ = peak_bytes()
+    assert peak_full > 64 * 1080 * 1920 * 3 * 0.99, f"tracemalloc missed numpy's allocations: {peak_full / 1e6:.0f} MB"
+
+
+def _banded_frames(n, k=6, seed=0):
+    """Frames whose top band (16 rows, one macroblock row) encodes the frame index (red = index
+    * k) above noise, so the file is mostly frame data rather than index."""
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        a = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)  # (H, W, 3)
+        a[:16] = 0
+        a[:16, :, 0], a[:16, :, 2] = i * k, 128
+        yield a
+
+
+def _band_index(frame, k=6):
+    return int(round(frame[:12, :, 0].mean() / k))
+
+
+def _decodable_frames(path):
+    """How many frames decode when the whole file is decoded, going on after errors."""
+    with av.open(str(path)) as container:
+        count = 0
+        for _ in range(20):
+            try:
+                for frame in container.decode(video=0):
+                    count += not frame.is_corrupt
+                return count
+            except av.error.EOFError:
+                return count
+            except av.error.FFmpegError:
+                pass
+    return count
+
+
+@pytest.mark.parametrize("seek", [True, False])
+def test_cut_off_fast_start_file_is_sampled_within_what_decodes(tmp_path, seek):
+    # A fast-start mp4 (index first, as streaming sites serve them) cut to 30% of its bytes: the
+    # header still promises 40 frames (20 s at 2 fps), the data ends after a dozen.
+    full = write_video(tmp_path / "full.mp4", _banded_frames(40), fps=2, gop=8, faststart=True)
+    data = open(full, "rb").read()
+    assert data.find(b"moov") < data.find(b"mdat")
+    path = tmp_path / "cut.mp4"
+    path.write_bytes(data[: int(len(data) * 0.3)])
+    assert probe(path).num_frames == 40
+
+    with pytest.warns(UserWarning) as record:
+        clip = load_video(path, 8, seek=seek)
+    messages = [str(w.message) for w in record]
+    assert len(messages) == 1 and messages[0].startswith(f"{path}: only the first "), messages
+    info = clip.info
+    assert info.num_frames == _decodable_frames(path) < 20
+    assert info.duration == pytest.approx(info.num_frames / 2) and f"{info.duration:.1f} s of 20.0 s" in messages[0]
+    assert clip.frames.shape == (8, 48, 64, 3)
+    assert [_band_index(f) for f in clip.frames] == clip.indices.tolist()
+    assert clip.timestamps.max() <= info.duration
+    # Uniform over the decodable part: its first and last frame, no frame twice.
+    assert clip.indices[0] == 0 and clip.indices[-1] == info.num_frames - 1
+    assert len(set(clip.indices.tolist())) == 8
+
+
+def _write_image(path, codec, pix_fmt, num_frames=1):
+    container_format = "gif" if codec == "gif" else "image2"
+    with av.open(str(path), "w", format=container_format) as out:
+        stream = out.add_stream(codec, rate=4)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, pix_fmt
+        for i in range(num_frames):
+            rgb = np.full((48, 64, 3), 40 * i, np.uint8)  # (H, W, 3)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format=pix_fmt)):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize(
+    "name,codec,pix_fmt,fmt",
+    [("a.png", "png", "rgb24", "png"), ("a.jpg", "mjpeg", "yuvj420p", "jpeg"), ("a.gif", "gif", "rgb8", "gif")],
+)
+def test_still_images_are_not_videos(tmp_path, name, codec, pix_fmt, fmt):
+    path = _write_image(tmp_path / name, codec, pix_fmt)
+    for call in (probe, lambda p: load_video(p, 4)):
+        with pytest.raises(VideoError) as e:
+            call(path)
+        assert str(e.value) == f"{path}: a still image ({fmt}), not a video"
+    # Image content under a video name is refused all the same; an animated GIF is a video.
+    renamed = tmp_path / "image.mp4"
+    renamed.write_bytes(path.read_bytes())
+    with pytest.raises(VideoError, match="a still image"):
+        load_video(renamed, 4)
+    animated = _write_image(tmp_path / "anim.gif", "gif", "rgb8", num_frames=5)
+    assert load_video(animated, 3).frames.shape == (3, 48, 64, 3)
+
+
+def _packets(path):
+    """(frame index, byte offset, size) of every video packet."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate)
+        return [(round(float(p.pts * p.time_base) * fps), p.pos, p.size) for p in container.demux(stream) if p.size]
+
+
+@pytest.mark.parametrize("gop", [1, 60])
+def test_damaged_packets_mid_stream_are_skipped(tmp_path, gop):
+    # Zero the packets of frames 20..23 (target 22 of 8 uniform ones among them), in an mp4
+    # whose index sits after the frames. gop=1: every frame stands alone, so exactly those four
+    # are lost; gop=60 (one keyframe for 40 frames): later frames depend on them too.
+    n, damaged = 40, {20, 21, 22, 23}
+    frames = np.zeros((n, 48, 64, 3), np.uint8)
+    for i in range(n):
+        frames[i, ..., 0], frames[i, ..., 2] = i * 6, 128
+    path = write_video(tmp_path / "clip.mp4", frames, fps=10, gop=gop)
+    data = bytearray(open(path, "rb").read())
+    assert data.find(b"mdat") < data.find(b"moov")
+    for index, pos, size in _packets(path):
+        if index in damaged:
+            data[pos : pos + size] = bytes(size)
+    (tmp_path / "damaged.mp4").write_bytes(bytes(data))
+    path = tmp_path / "damaged.mp4"
+
+    with pytest.warns(UserWarning) as record:
+        clip = load_video(path, 8)
+    messages = [str(w.message) for w in record]
+    assert len(messages) == 1 and messages[0].startswith(f"{path}: skipped undecodable data"), messages
+    planned = sample_indices(n, 8).tolist()
+    assert 22 in planned and clip.frames.shape == (8, 48, 64, 3)
+    got = clip.indices.tolist()
+    assert not damaged & set(got)  # a frame that did not decode is never reported
+    assert np.allclose(clip.timestamps, clip.indices / 10)
+    # The lost target is replaced by a nearby decoded frame; targets before the damage are intact.
+    assert abs(got[planned.index(22)] - 22) <= 3
+    assert [g for p, g in zip(planned, got) if p < 20] == [p for p in planned if p < 20]
+    if gop == 1:  # no frame depends on another: every frame is exactly the one reported
+        assert got[planned.index(22)] in (19, 24)  # the nearest decoded frames on either side
+        assert [g for p, g in zip(planned, got) if p != 22] == [p for p in planned if p != 22]
+        assert [_index_of(f) for f in clip.frames] == got
+    else:  # later frames are concealed by the decoder, not exact; the ones before the damage are
+        assert [_index_of(f) for f, g in zip(clip.frames, got) if g < 20] == [g for g in got if g < 20]

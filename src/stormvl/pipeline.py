@@ -65,7 +65,7 @@ class StormPipeline:
         n = self.config.num_frames if num_frames is None else num_frames
         check_options(options)
         notes = self.processor.unknown_word_warnings(question, options)
-        clip = video if isinstance(video, VideoClip) else load_video(video, n, fps=fps, max_frames=n, progress=progress)
+        clip = video if isinstance(video, VideoClip) else self.load_clip(video, n, fps=fps, progress=progress)
         if options and self.config.choice_mode == "likelihood":
             scores = self.option_scores(clip, question, options, temporal_sample)
             best = int(scores.argmax())
@@ -95,6 +95,13 @@ class StormPipeline:
             timestamps=[round(float(t), 3) for t in clip.timestamps],
             warnings=notes,
         )
+
+    def load_clip(self, video, num_frames: int | None = None, *, fps: float | None = None, progress: bool = False):
+        """Decode `num_frames` frames (the model's count when None), scaled in the decoder to the
+        vision tower's input size: memory per frame is set by the model, not by the video."""
+        n = self.config.num_frames if num_frames is None else num_frames
+        size = self.config.vision_config.image_size
+        return load_video(video, n, fps=fps, max_frames=n, progress=progress, size=size)
 
     @torch.no_grad()
     def option_scores(

@@ -2,33 +2,60 @@
 probe a file, decode the frames a `frame_plan.FramePlan` names, write mp4 files.
 
 The walker seeks to the keyframe before a target and decodes forward only as far as it, so 32
-frames out of a long video cost about 32 short GOP walks instead of a full decode.
+frames out of a long video cost about 32 short GOP walks instead of a full decode. With `size`,
+FFmpeg scales each chosen frame straight from the decoder's YUV to (size, size) RGB, so a
+full-resolution RGB frame never exists.
+
+Every index and timestamp in a clip is the position of a frame that decoded: a frame standing in
+for another one is reported at its own position.
 
 Fallback policy, in one place:
+- Still images (PNG, JPEG, ..., a GIF or APNG with one frame) are refused with `VideoError`,
+  although FFmpeg opens them as one-frame videos.
 - No frame count in the header (no index): the stream is decoded once to count its frames, and
   the plan is made over what decoded.
 - Broken or missing duration: taken from the container, else frame count / fps; a missing frame
   rate is taken as 25 fps.
 - Sparse keyframes: seek only across gaps longer than ~2 s, and re-seek for a far target only
   after the current pass reached a target (a seek may land far before the target).
-- Stream shorter than the header says: targets past the end get the last decoded frame.
-- Undecodable data: skipped with a warning; a target that cannot be decoded is replaced by its
-  nearest decoded neighbour; after 16 errors the walk stops. If nothing decodes, `VideoError`.
+- Stream shorter than the header says (a cut-off download, e.g. a fast-start mp4 whose index
+  lists every frame): when more than a second is missing, one warning, and the plan is made
+  again over the frames that decode, in a second pass; `info` then describes that part. Its end
+  is found by reading packets to the last keyframe and decoding from there without frame
+  threads (they drop the frames in flight when the data stops). A shorter shortfall (frame
+  counts estimated from the duration are often a few frames off) gives the targets past the end
+  the last decoded frame.
+- Undecodable data: skipped, decoding goes on after it, one warning naming the file; a target
+  that cannot be decoded is replaced by its nearest decoded neighbour; after 16 errors the walk
+  stops. Frames FFmpeg flags as corrupt count as undecodable; frames that depend on lost data
+  but are not flagged are what FFmpeg's error concealment makes of them. If nothing decodes,
+  `VideoError`.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 
 import numpy as np
 
 from .errors import VideoError
-from .frame_plan import MAX_FRAMES, check_request, plan_frames
+from .frame_plan import MAX_FRAMES, FramePlan, check_count, check_request, plan_frames
 
 __all__ = ["VideoError", "VideoClip", "VideoInfo", "MAX_FRAMES", "probe", "load_video", "write_video"]
+
+MAX_SIZE = 8192  # frame side for `size`; beyond any real video, catches a swapped argument
+# Scaling for `size`: AREA averages the source pixels under each output pixel, so downscaling
+# does not alias (swscale's default BILINEAR only looks at 2x2 pixels).
+INTERPOLATION = "AREA"
+# FFmpeg opens still images through these demuxers, and through one "<codec>_pipe" demuxer per
+# image codec (png_pipe, jpeg_pipe, webp_pipe, ...).
+IMAGE_DEMUXERS = ("image2", "image2pipe")
+# Image formats that may hold an animation: a still image when they hold one frame.
+ANIMATED_IMAGE_DEMUXERS = ("gif", "apng")
+MAX_ERRORS = 16
 
 
 @dataclass
@@ -43,10 +70,23 @@ class VideoInfo:
 
 @dataclass
 class VideoClip:
-    frames: np.ndarray  # (N, H, W, 3) uint8 RGB
+    frames: np.ndarray  # (N, H, W, 3) uint8 RGB; (N, size, size, 3) when loaded with `size`
     timestamps: np.ndarray  # (N,) seconds from the start of the video
     indices: np.ndarray  # (N,) frame indices in the video
     info: VideoInfo
+
+
+@dataclass
+class _Walk:
+    """What a decoding pass produced."""
+
+    frames: dict[int, np.ndarray] = field(default_factory=dict)  # decoded index -> (H, W, 3) uint8 RGB
+    notes: list[str] = field(default_factory=list)  # warnings for the caller, one line each
+    # Undecodable data skipped, as (last decoded index, error); `cut_skipped`: raised by the file's
+    # last packet, where a cut-off download stops.
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+    cut_skipped: list[tuple[int, str]] = field(default_factory=list)
+    end: int | None = None  # last decoded index, when the stream ended before the remaining targets
 
 
 def _open(path):
@@ -72,7 +112,40 @@ def _open(path):
         container.close()
         what = "audio-only file" if "audio" in kinds else f"no video stream (streams: {kinds or 'none'})"
         raise VideoError(f"{path}: {what}")
+    image = _still_image_format(path, container)
+    if image:
+        container.close()
+        raise VideoError(f"{path}: a still image ({image}), not a video")
     return path, container
+
+
+def _still_image_format(path, container) -> str | None:
+    """The image format ("png", "jpeg", ...) when the file is a still image, else None."""
+    demuxer = container.format.name
+    codec = getattr(container.streams.video[0].codec_context, "name", None) or demuxer.removesuffix("_pipe")
+    image = {"mjpeg": "jpeg"}.get(codec, codec)
+    if demuxer in IMAGE_DEMUXERS or demuxer.endswith("_pipe"):
+        return image
+    if demuxer in ANIMATED_IMAGE_DEMUXERS and _count_packets(path, limit=2) < 2:
+        return image
+    return None
+
+
+def _count_packets(path, limit: int) -> int:
+    """Video packets in the file, counting no further than `limit` (a fresh container: demuxing
+    moves the read position)."""
+    import av
+
+    n = 0
+    try:
+        with av.open(path) as container:
+            for packet in container.demux(video=0):
+                n += packet.size > 0  # the last packet is an empty end-of-stream marker
+                if n >= limit:
+                    break
+    except av.error.FFmpegError:
+        pass
+    return n
 
 
 def _info(path, container) -> VideoInfo:
@@ -106,51 +179,113 @@ def load_video(
     max_frames: int = MAX_FRAMES,
     seek: bool = True,
     progress: bool = False,
+    size: int | None = None,
 ) -> VideoClip:
     """Sample frames: `num_frames` uniformly over the whole video, or, with `fps`, one frame every
-    1/fps seconds capped at `max_frames` (uniform over the video when the cap binds)."""
+    1/fps seconds capped at `max_frames` (uniform over the video when the cap binds). With `size`,
+    every frame is scaled (aspect ratio not kept) to (size, size) while decoding. Damaged or
+    cut-off files give warnings naming the file (module docstring: fallback policy)."""
     check_request(os.fspath(path), num_frames, fps, max_frames)
+    if size is not None:
+        check_count(os.fspath(path), "size", size, high=MAX_SIZE)
+    request = {"num_frames": num_frames, "fps": fps, "max_frames": max_frames}
     path, container = _open(path)
-    try:
+    with container:
         info = _info(path, container)
-        decoded = None
         if info.num_frames <= 0:  # no frame count in the header: decode once to count
-            decoded = _decode_all(path, container)
-            if not decoded:
-                raise VideoError(f"{path}: no decodable video frames")
-            info.num_frames = len(decoded)
-            info.duration = info.duration or len(decoded) / info.fps
-        p = plan_frames(
-            info.num_frames, info.fps, info.duration, num_frames=num_frames, fps=fps, max_frames=max_frames, where=path
-        )
-        if decoded is not None:
-            chosen = {i: decoded[i] for i in p.targets}
+            plan, walk = _decode_counting(path, container, info, request, size)
         else:
-            chosen = _decode_indices(path, container, info, p.targets, seek, progress)
-    finally:
-        container.close()
-    if not chosen:
+            plan = plan_frames(info.num_frames, info.fps, info.duration, where=path, **request)
+            walk = _decode_indices(path, container, info, plan.targets, seek, size, progress)
+    if walk.end is not None and _missing_a_second(info, walk.end):
+        plan, walk = _decode_decodable_part(path, info, plan, walk, request, seek, size, progress)
+    if not walk.frames:
         raise VideoError(f"{path}: no decodable video frames")
-    # A frame that could not be decoded is replaced by its nearest decoded neighbour.
-    keys = np.array(sorted(chosen))
-    out_idx = np.array([keys[np.abs(keys - i).argmin()] for i in p.indices], dtype=np.int64)
-    frames = np.stack([chosen[i] for i in out_idx])  # (N, H, W, 3) uint8
+    skipped = walk.skipped + walk.cut_skipped
+    for message in walk.notes + ([_skipped_message(path, skipped)] if skipped else []):
+        warnings.warn(message, stacklevel=2)
+    return _clip(plan, walk.frames, info)
+
+
+def _clip(plan: FramePlan, decoded: dict[int, np.ndarray], info: VideoInfo) -> VideoClip:
+    # A frame that could not be decoded is replaced by its nearest decoded neighbour, reported at
+    # the neighbour's position.
+    keys = np.array(sorted(decoded))
+    out_idx = np.array([keys[np.abs(keys - i).argmin()] for i in plan.indices], dtype=np.int64)
+    frames = np.stack([decoded[i] for i in out_idx])  # (N, H, W, 3) uint8
     return VideoClip(frames=frames, timestamps=out_idx / info.fps, indices=out_idx, info=info)
 
 
-def _decode_all(path, container):
+def _missing_a_second(info, end) -> bool:
+    """Whether more than a second of frames after `end` is missing. Less is common in files that
+    are fine: frame counts estimated from the duration are often a few frames off."""
+    return info.num_frames - 1 - end > info.fps
+
+
+def _decode_decodable_part(path, info, plan, walk, request, seek, size, progress) -> tuple[FramePlan, _Walk]:
+    """For a stream that ended at `walk.end`, more than a second before its header says (a
+    cut-off download): find where the decodable part really ends, then plan and decode again
+    over it, and change `info` to describe it."""
+    end = _decodable_end(path, info, walk.end)
+    if end < 0 or not _missing_a_second(info, end):
+        return plan, walk
+    header_duration = info.duration
+    info.num_frames, info.duration = end + 1, (end + 1) / info.fps
+    plan = plan_frames(info.num_frames, info.fps, info.duration, where=path, **request)
+    _, container = _open(path)
+    with container:  # without frame threads, which would drop the last frames (see _decodable_end)
+        walk = _decode_indices(path, container, info, plan.targets, seek, size, progress, threads="SLICE")
+    note = f"{path}: only the first {info.duration:.1f} s of {header_duration:.1f} s decode; sampled within them"
+    # The packet the cut went through fails whenever the last frames are drained from the
+    # decoder; the note says it already.
+    walk.notes.insert(0, note)
+    walk.cut_skipped = []
+    return plan, walk
+
+
+def _skipped_message(path, skipped) -> str:
+    after = ", ".join(str(pos) for pos in sorted({pos for pos, _ in skipped}))
+    return f"{path}: skipped undecodable data {len(skipped)} time(s), after frame(s) {after} ({skipped[0][1]})"
+
+
+def _rgb(frame, size: int | None) -> np.ndarray:
+    """(H, W, 3) uint8 RGB, or (size, size, 3) scaled by FFmpeg from the decoded YUV frame."""
+    if size is None:
+        return frame.to_ndarray(format="rgb24")
+    small = frame.reformat(width=size, height=size, format="rgb24", interpolation=INTERPOLATION)
+    # A copy: numpy then owns the few bytes, instead of a view keeping FFmpeg's frame alive.
+    return np.array(small.to_ndarray())  # (size, size, 3) uint8
+
+
+def _decode_counting(path, container, info, request, size) -> tuple[FramePlan | None, _Walk]:
+    """For a container without a frame count: decode every frame, plan over them, keep the
+    planned ones. `info` gets the count that decoded."""
+    decoded, errors = _decode_all(path, container, size)
+    if not decoded:
+        return None, _Walk(notes=errors)
+    info.num_frames = len(decoded)
+    info.duration = info.duration or len(decoded) / info.fps
+    plan = plan_frames(info.num_frames, info.fps, info.duration, where=path, **request)
+    return plan, _Walk({i: decoded[i] for i in plan.targets}, errors)
+
+
+def _decode_all(path, container, size) -> tuple[list[np.ndarray], list[str]]:
     import av
 
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
-    out = []
+    out = []  # one (H, W, 3) or (size, size, 3) uint8 array per frame
+    errors = []
+    corrupt_tail = 0  # frames at the end that FFmpeg flags as only partly decoded (a cut-off file)
     try:
         for frame in container.decode(stream):
-            out.append(frame.to_ndarray(format="rgb24"))
+            out.append(_rgb(frame, size))
+            corrupt_tail = corrupt_tail + 1 if frame.is_corrupt else 0
     except av.error.FFmpegError as e:
         if out:
-            warnings.warn(f"{path}: stream ends early after {len(out)} frames ({e})", stacklevel=2)
-    return out
+            errors.append(f"{path}: stream ends early after {len(out) - corrupt_tail} frames ({e})")
+    # Those in the middle keep their place: the list position is the frame index.
+    return out[: len(out) - corrupt_tail], errors
 
 
 def _frame_index(frame, stream, fps, start):
@@ -159,76 +294,191 @@ def _frame_index(frame, stream, fps, start):
     return int(round(float((frame.pts - start) * stream.time_base) * fps))
 
 
-def _decode_indices(path, container, info, targets, seek, progress=False):
-    """Decode exactly the frames in `targets` (sorted), seeking forward over long gaps."""
+def _seek_to_index(container, stream, fps, start, index) -> None:
+    """Seek to the keyframe at or before frame `index`."""
+    ts = start + int(Fraction(index, 1) / Fraction(fps).limit_denominator(100000) / stream.time_base)
+    _seek(container, stream, max(ts, start))
+
+
+def _seek(container, stream, ts) -> None:
+    """Seek to the keyframe at or before `ts` (in stream time base). A failed seek leaves the
+    position as it was; decoding on from there is still right, only slower."""
     import av
 
+    try:
+        container.seek(ts, stream=stream, backward=True, any_frame=False)
+    except av.error.FFmpegError:
+        pass
+
+
+def _decodable_end(path, info, pos) -> int:
+    """The index of the last frame that decodes in a file whose data stops before its index says
+    (a cut-off download), given `pos`, a frame that decoded (-1: none). Reads packets from `pos`
+    on to find the last keyframe (cheap: nothing is decoded), then decodes from it to the end.
+
+    Its own container, decoded without frame threads: those drop the frames in flight when the
+    data stops."""
+    import av
+
+    _, container = _open(path)
+    with container:
+        stream = container.streams.video[0]
+        stream.thread_type = "SLICE"
+        start = stream.start_time or 0
+        _seek_to_index(container, stream, info.fps, start, max(pos, 0))
+        key = _last_keyframe(container, stream)
+        if key is None:
+            return pos
+        _seek(container, stream, key)
+        end = pos
+        for _ in range(MAX_ERRORS):  # decoding goes on after an error, up to the end-of-stream marker
+            try:
+                for frame in container.decode(stream):
+                    if not frame.is_corrupt:
+                        i = _frame_index(frame, stream, info.fps, start)
+                        end = max(end, end + 1 if i is None else i)
+                break
+            except av.error.EOFError:
+                break
+            except av.error.FFmpegError:
+                continue
+    return end
+
+
+def _last_keyframe(container, stream) -> int | None:
+    """The pts of the last keyframe packet from the current position to the end of the file. A
+    keyframe that is the file's last packet is passed over: the cut may have gone through it."""
+    import av
+
+    keys = []
+    final_is_key = False
+    try:
+        for packet in container.demux(stream):
+            if packet.size == 0:  # the end-of-stream marker
+                continue
+            final_is_key = packet.is_keyframe and packet.pts is not None
+            if final_is_key:
+                keys.append(packet.pts)
+    except av.error.FFmpegError:
+        pass
+    if final_is_key and len(keys) > 1:
+        keys.pop()
+    return keys[-1] if keys else None
+
+
+def _decode(container, stream, packet: list):
+    """`container.decode(stream)`, keeping the packet being decoded in `packet[0]`."""
+    for p in container.demux(stream):
+        packet[0] = p
+        yield from p.decode()
+
+
+def _ends_file(packet, file_size) -> bool:
+    """Whether `packet` is the last data in the file: where a cut-off download stops."""
+    return packet is not None and packet.size > 0 and packet.pos is not None and packet.pos + packet.size >= file_size
+
+
+def _decode_indices(path, container, info, targets, seek, size, progress=False, threads="AUTO") -> _Walk:
+    """Decode the frames in `targets` (sorted), seeking forward over long gaps. Stops at the end
+    of the stream, recording the last decoded index in `end` when targets remain."""
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(targets), desc="decoding", unit="frame", leave=False)
+    try:
+        return _Walker(path, container, info, targets, seek, size, bar, threads).run()
+    finally:
+        if bar is not None:
+            bar.close()
 
-    stream = container.streams.video[0]
-    stream.thread_type = "AUTO"
-    start = stream.start_time or 0
-    chosen: dict[int, np.ndarray] = {}
-    # Seek only across gaps longer than a couple of seconds: below that, decoding on is cheaper
-    # than jumping back to the previous keyframe.
-    gap = max(2, int(2 * info.fps))
-    pos = -1  # index of the last decoded frame
-    last = None  # (index, frame) of the last decoded frame
-    errors = 0
-    t = 0
-    while t < len(targets):
-        target = targets[t]
-        if seek and target - pos > gap:
-            ts = start + int(Fraction(target, 1) / Fraction(info.fps).limit_denominator(100000) / stream.time_base)
-            try:
-                container.seek(max(ts, start), stream=stream, backward=True, any_frame=False)
-            except av.error.FFmpegError:
-                pass
+
+class _Walker:
+    """One forward walk over a stream, in passes: a pass decodes from the current position until
+    a seek is due, every target is in, undecodable data stops it, or the stream ends."""
+
+    def __init__(self, path, container, info, targets, seek, size, bar, threads):
+        self.container, self.info, self.targets = container, info, targets
+        self.seek, self.size, self.bar = seek, size, bar
+        self.stream = container.streams.video[0]
+        self.stream.thread_type = threads
+        self.start = self.stream.start_time or 0
+        # Seek only across gaps longer than a couple of seconds: below that, decoding on is
+        # cheaper than jumping back to the previous keyframe.
+        self.gap = max(2, int(2 * info.fps))
+        self.file_size = os.path.getsize(path)
+        self.walk = _Walk()
+        self.t = 0  # the next target, as an index into `targets`
+        self.pos = -1  # index of the last decoded frame
+        self.prev = None  # the last decoded frame
+        self.packet = [None]  # the packet being decoded
+        self.resume = False  # undecodable data was hit: decode on after it rather than seek back into it
+
+    def run(self) -> _Walk:
+        while self.t < len(self.targets) and len(self.walk.skipped) + len(self.walk.cut_skipped) <= MAX_ERRORS:
+            if self.seek and not self.resume and self.targets[self.t] - self.pos > self.gap:
+                _seek_to_index(self.container, self.stream, self.info.fps, self.start, self.targets[self.t])
+            self.resume = False
+            if self._pass():
+                # The stream ended before the remaining targets; a seek past the end of the data
+                # (a cut-off file whose index lists frames it lacks) ends here too.
+                self.walk.end = self.pos
+                self._keep_prev()
+                break
+        return self.walk
+
+    def _pass(self) -> bool:
+        """Decode on from the current position; True when the stream ended."""
+        import av
+
         progressed = False
         try:
-            for frame in container.decode(stream):
-                i = _frame_index(frame, stream, info.fps, start)
-                if i is None:
-                    i = pos + 1
-                pos = i
-                last = (i, frame)
-                while t < len(targets) and targets[t] <= i:
-                    chosen[targets[t]] = frame.to_ndarray(format="rgb24")
-                    t += 1
-                    progressed = True
-                    if bar is not None:
-                        bar.update(1)
-                # Re-seek for a far target only after this pass produced a frame: right after a
-                # seek the decoder starts at a keyframe that may lie far before the target.
-                if t >= len(targets) or (seek and progressed and targets[t] - pos > gap):
-                    break
-            else:
-                # End of stream before the remaining targets (frame count overestimated):
-                # they get the last frame.
-                if last is not None:
-                    arr = last[1].to_ndarray(format="rgb24")
-                    for tt in targets[t:]:
-                        chosen[tt] = arr
-                t = len(targets)
+            for frame in _decode(self.container, self.stream, self.packet):
+                progressed |= self._take(frame)
+                # Re-seek for a far target only after this pass reached one: right after a seek
+                # the decoder starts at a keyframe that may lie far before the target.
+                far = self.t < len(self.targets) and self.targets[self.t] - self.pos > self.gap
+                if self.t >= len(self.targets) or (self.seek and progressed and far):
+                    return False
+        except av.error.EOFError:  # the decoder was already drained by an earlier end of stream
+            return True
         except av.error.FFmpegError as e:
-            errors += 1
-            warnings.warn(f"{path}: skipped undecodable data near frame {target} ({e})", stacklevel=2)
-            if not progressed:
-                t += 1  # give up on this target; its neighbours stand in
-            if errors > 16:
-                break
-    if bar is not None:
-        bar.close()
-    return chosen
+            at_cut = _ends_file(self.packet[0], self.file_size)
+            (self.walk.cut_skipped if at_cut else self.walk.skipped).append((self.pos, str(e)))
+            self.resume = True
+            return False
+        return True
+
+    def _take(self, frame) -> bool:
+        """Keep `frame` when it reaches the next target; True if it did."""
+        if frame.is_corrupt:  # FFmpeg flags some frames it could only partly decode (e.g. at a cut)
+            return False
+        i = _frame_index(frame, self.stream, self.info.fps, self.start)
+        if i is None:
+            i = self.pos + 1
+        reached = self.targets[self.t] <= i
+        if reached:
+            if self.targets[self.t] < i:
+                # The target never came out (undecodable, or a gap in the timestamps): keep the
+                # decoded frames on both sides of it as stand-ins.
+                self._keep_prev()
+            self.walk.frames[i] = _rgb(frame, self.size)
+            while self.t < len(self.targets) and self.targets[self.t] <= i:
+                self.t += 1
+                if self.bar is not None:
+                    self.bar.update(1)
+        self.pos, self.prev = i, frame
+        return reached
+
+    def _keep_prev(self) -> None:
+        if self.prev is not None and self.pos not in self.walk.frames:
+            self.walk.frames[self.pos] = _rgb(self.prev, self.size)
 
 
-def write_video(path, frames, fps: float = 8, *, crf: int = 18, gop: int | None = None) -> str:
+def write_video(path, frames, fps: float = 8, *, crf: int = 18, gop: int | None = None, faststart: bool = False) -> str:
     """Write RGB uint8 frames (N, H, W, 3), or an iterable of them, as an H.264 mp4. The file
-    appears only when complete (written beside it, then renamed)."""
+    appears only when complete (written beside it, then renamed). `faststart` puts the index
+    (moov atom) before the frames, as streaming sites do."""
     import av
 
     path = os.fspath(path)
@@ -237,7 +487,7 @@ def write_video(path, frames, fps: float = 8, *, crf: int = 18, gop: int | None 
     first = next(frames)
     h, w = first.shape[:2]
     try:
-        with av.open(tmp, mode="w") as out:
+        with av.open(tmp, mode="w", options={"movflags": "faststart"} if faststart else None) as out:
             stream = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
             stream.width, stream.height = w, h
             stream.pix_fmt = "yuv420p"

@@ -92,19 +92,20 @@ class VideoQADataset(Dataset):
     large ones set `cache=False`). Datasets over the same videos (a caption set and a QA set) can
     share one `cache` dict. Undecodable videos are dropped with a warning."""
 
-    def __init__(self, samples: list[Sample], num_frames: int, cache: bool | dict = True):
+    def __init__(self, samples: list[Sample], num_frames: int, cache: bool | dict = True, size: int | None = None):
         self.samples = samples
         self.num_frames = num_frames
+        self.size = size  # frames scaled to the vision tower's input in the decoder
         self.cache = cache if isinstance(cache, dict) else ({} if cache else None)
 
     def __len__(self):
         return len(self.samples)
 
     def frames(self, i) -> np.ndarray:
-        key = (self.samples[i].video, self.num_frames)
+        key = (self.samples[i].video, self.num_frames, self.size)
         if self.cache is not None and key in self.cache:
             return self.cache[key]
-        f = load_video(self.samples[i].video, self.num_frames).frames
+        f = load_video(self.samples[i].video, self.num_frames, size=self.size).frames
         if self.cache is not None:
             self.cache[key] = f
         return f

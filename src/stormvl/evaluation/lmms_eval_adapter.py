@@ -85,7 +85,6 @@ class StormLMMS(_Base):
     def loglikelihood(self, requests) -> list[tuple[float, bool]]:
         """(log-probability of the continuation, whether greedy decoding gives it) per request,
         for lmms-eval's likelihood-scored multiple-choice tasks."""
-        from ..video import load_video
 
         out = []
         for req in requests:
@@ -95,7 +94,7 @@ class StormLMMS(_Base):
                 raise InputError(f"{task} doc {doc_id}: stormvl needs a video for loglikelihood requests")
             key = (visuals[0], self.num_frames or self.pipe.config.num_frames)
             if self._last_clip[0] != key:  # one request per option of the same video: decode once
-                self._last_clip = (key, load_video(*key))
+                self._last_clip = (key, self.pipe.load_clip(*key))
             clip = self._last_clip[1]
             score, greedy = self.pipe.option_scores(
                 clip, context, [continuation], self.temporal_sample, return_greedy=True

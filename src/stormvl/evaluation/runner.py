@@ -17,7 +17,6 @@ from pathlib import Path
 
 from ..data.records import MCRecord
 from ..errors import StormError, VideoError
-from ..video import load_video
 
 PRED_SHARD = "predictions.rank{rank}.jsonl"
 
@@ -74,7 +73,7 @@ def evaluate(
 
     def decode(rec):
         try:
-            return load_video(resolve_video(rec, video_root), frames), None
+            return pipeline.load_clip(resolve_video(rec, video_root), frames), None
         except VideoError as e:
             return None, str(e)
 

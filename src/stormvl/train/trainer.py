@@ -162,7 +162,8 @@ class Trainer:
     def dataset(self, stage, frames: int) -> VideoQADataset:
         key = (self._files(stage), frames)
         if key not in self.datasets:
-            self.datasets[key] = VideoQADataset(self.samples_for(stage), frames, cache=self._frame_cache)
+            size = self.model.config.vision_config.image_size
+            self.datasets[key] = VideoQADataset(self.samples_for(stage), frames, cache=self._frame_cache, size=size)
         return self.datasets[key]
 
     def batch_indices(self, stage_idx: int, step: int) -> list[tuple[int, bool]]:
