@@ -1,5 +1,9 @@
-"""Time the chunked SSD scan against the sequential reference and transformers' Mamba2 pure-PyTorch
-chunk scan, and report the chunked path's GFLOP/s beside a plain matmul measured in the same run.
+"""Time the two scans of the temporal encoder against their sequential references and
+transformers' pure-PyTorch paths, and report GFLOP/s beside a plain matmul measured in the same run:
+
+- Mamba-2 (SSD): stormvl's chunked scan vs transformers' Mamba2 chunk scan;
+- Mamba-1 (S6): stormvl's chunked scan vs transformers' MambaMixer selective-scan fallback, at the
+  same channel count (heads x head dim) with Mamba-1's usual state size.
 
     python benchmarks/ssd_scan.py [--lengths 4096 16384] [--repeats 5]
 """
@@ -10,6 +14,7 @@ import time
 
 import torch
 
+from stormvl.ops.selective_scan import selective_scan_chunked, selective_scan_ref
 from stormvl.ops.ssd import ssd_chunked_flops, ssd_scan_chunked, ssd_scan_ref
 
 
@@ -30,6 +35,7 @@ def main():
     ap.add_argument("--head-dim", type=int, default=64)
     ap.add_argument("--state", type=int, default=64)
     ap.add_argument("--chunk", type=int, default=64)
+    ap.add_argument("--state1", type=int, default=16, help="Mamba-1 state size")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--ref-max-length", type=int, default=16384, help="skip the slow reference above this")
     a = ap.parse_args()
@@ -69,6 +75,37 @@ def main():
             print(
                 f"| {L} | {t_c * 1e3:.1f} | {t_r * 1e3:.1f} | {t_h * 1e3:.1f} | {t_r / t_c:.1f}x | {t_h / t_c:.2f}x "
                 f"| {gf:.1f} | {100 * gf / mm:.0f}% |",
+                flush=True,
+            )
+
+    mamba1(a, mm)
+
+
+def mamba1(a, mm):
+    try:
+        from transformers.models.mamba.modeling_mamba import mamba_selective_scan
+    except ImportError:
+        mamba_selective_scan = None
+    d, n = a.heads * a.head_dim, a.state1
+    print(f"\nMamba-1 selective scan: {d} channels, state {n}")
+    print("| length | chunked (ms) | reference (ms) | transformers (ms) | ref/chunked | hf/chunked | chunked GFLOP/s |")
+    print("|---|---|---|---|---|---|---|")
+    with torch.no_grad():
+        for L in a.lengths:
+            u, dl = torch.randn(1, d, L), torch.randn(1, d, L) - 4
+            A = -torch.arange(1, n + 1.0).repeat(d, 1)
+            B, C, D = torch.randn(1, n, L), torch.randn(1, n, L), torch.randn(d)
+            kw = dict(D=D, delta_softplus=True)
+            t_c = timeit(lambda: selective_scan_chunked(u, dl, A, B, C, **kw), a.repeats)
+            t_r = timeit(lambda: selective_scan_ref(u, dl, A, B, C, **kw), 1) if L <= a.ref_max_length else float("nan")
+            t_h = (
+                timeit(lambda: mamba_selective_scan(u, dl, A, B, C, **kw), 1) if mamba_selective_scan else float("nan")
+            )
+            # Per position and (channel, state): exp, 2 multiply-adds for the state, 1 for the read-out.
+            gf = 7 * L * d * n / t_c / 1e9
+            print(
+                f"| {L} | {t_c * 1e3:.1f} | {t_r * 1e3:.1f} | {t_h * 1e3:.1f} | {t_r / t_c:.1f}x | {t_h / t_c:.2f}x "
+                f"| {gf:.1f} ({100 * gf / mm:.0f}% of matmul) |",
                 flush=True,
             )
 

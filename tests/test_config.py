@@ -24,6 +24,8 @@ def test_bad_config_is_rejected(tiny_tokenizer):
         ("image_mean", [0.5, 0.5], "image_mean must be 3 numbers"),
         ("video_position", "middle", "video_position must be one of"),
         ("video_token", "", "video_token must be a non-empty string"),
+        ("mamba_version", 3, "mamba_version must be one of"),
+        ("mamba_dt_rank", 0, "mamba_dt_rank must be None or"),
     ],
 )
 def test_wrong_value_types_are_config_errors(key, value, msg):

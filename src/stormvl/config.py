@@ -61,9 +61,17 @@ FIELDS: dict[str, Field] = {
         "How the two scan directions combine: 'add', or 'concat' + Linear.",
         ("add", "concat"),
     ),
-    "mamba_state_size": Field(64, "temporal encoder", "fixed", "SSM state size n per head."),
+    "mamba_version": Field(
+        2,
+        "temporal encoder",
+        "fixed",
+        "1: Mamba-1 (S6), the block the paper names; 2: Mamba-2 (SSD), whose scan is matmul-bound.",
+        (1, 2),
+    ),
+    "mamba_state_size": Field(64, "temporal encoder", "fixed", "SSM state size n (per head for Mamba-2)."),
     "mamba_expand": Field(2, "temporal encoder", "fixed", "Inner width = expand * LLM width."),
     "mamba_head_dim": Field(64, "temporal encoder", "fixed", "Channels per Mamba-2 head."),
+    "mamba_dt_rank": Field(None, "temporal encoder", "fixed", "Mamba-1's dt projection rank; None: ceil(width / 16)."),
     "mamba_n_groups": Field(1, "temporal encoder", "fixed", "Groups of B/C shared by consecutive heads."),
     "mamba_conv_kernel": Field(4, "temporal encoder", "fixed", "Width of the causal depthwise conv."),
     "mamba_chunk_size": Field(64, "temporal encoder", "any", "Chunk length of the chunked scan; speed only."),
@@ -149,8 +157,14 @@ class StormConfig(PretrainedConfig):
     def validate(self):
         for name in FIELDS:
             check_field(name, getattr(self, name))
+        if self.mamba_dt_rank is not None and (
+            isinstance(self.mamba_dt_rank, bool) or not isinstance(self.mamba_dt_rank, int) or self.mamba_dt_rank < 1
+        ):
+            raise ConfigError(
+                f"bad StormConfig: mamba_dt_rank must be None or {POSITIVE_INT}, got {self.mamba_dt_rank!r}"
+            )
         d = self.text_config.hidden_size
-        if self.use_temporal_encoder and (self.mamba_expand * d) % self.mamba_head_dim:
+        if self.use_temporal_encoder and self.mamba_version == 2 and (self.mamba_expand * d) % self.mamba_head_dim:
             raise ConfigError(
                 f"bad StormConfig: mamba_expand*hidden_size ({self.mamba_expand * d}) must divide by "
                 f"mamba_head_dim ({self.mamba_head_dim})"

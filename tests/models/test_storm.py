@@ -136,3 +136,20 @@ def test_per_row_mismatches_cannot_cancel_out(tiny_model):
         batch["pixel_values_videos"] = batch["pixel_values_videos"][::-1]  # same total, rows swapped
         with pytest.raises(InputError, match=r"\[128, 64\] video tokens but the video gives \[64, 128\]"):
             model(**batch)
+
+
+def test_mamba1_model_round_trip_and_identity_start(tiny_model, tmp_path):
+    model, proc = tiny_model(temporal_pool=2, mamba_version=1, mamba_dt_rank=3)
+    mixer = model.temporal_encoder.layers[0].forward_mixer
+    assert type(mixer).__name__ == "Mamba1Mixer" and mixer.dt_rank == 3
+    x = torch.randn(1, 4, 16, model.config.text_config.hidden_size)
+    assert torch.equal(model.get_temporal_features(x), x)  # zeroed out_proj: a fresh encoder is the identity
+    with torch.no_grad():
+        for p in model.temporal_encoder.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    model.save_pretrained(tmp_path)
+    loaded = StormForConditionalGeneration.from_pretrained(tmp_path)
+    assert loaded.config.mamba_version == 1
+    batch = proc([FRAMES], [proc.prompt_text("what happens ?")])
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, loaded(**batch).logits)

@@ -3,11 +3,13 @@ import torch
 
 from stormvl.models.temporal_encoder import TemporalEncoder
 
+VERSIONS = pytest.mark.parametrize("version", [1, 2])
 
-def _encoder(bidirectional, merge="add"):
+
+def _encoder(bidirectional, merge="add", version=2):
     torch.manual_seed(2)
     enc = TemporalEncoder(
-        16, 2, bidirectional=bidirectional, merge=merge, state_size=8, head_dim=8, chunk_size=8
+        16, 2, bidirectional=bidirectional, merge=merge, state_size=8, head_dim=8, chunk_size=8, version=version
     ).double()
     with torch.no_grad():
         for p in enc.parameters():
@@ -15,9 +17,10 @@ def _encoder(bidirectional, merge="add"):
     return enc
 
 
+@VERSIONS
 @pytest.mark.parametrize("bidirectional,merge", [(True, "add"), (True, "concat"), (False, "add")])
-def test_encoder_shape_and_gradients(bidirectional, merge):
-    enc = _encoder(bidirectional, merge)
+def test_encoder_shape_and_gradients(bidirectional, merge, version):
+    enc = _encoder(bidirectional, merge, version)
     x = torch.randn(2, 3, 4, 16, dtype=torch.float64, requires_grad=True)
     y = enc(x)
     assert y.shape == x.shape
@@ -26,18 +29,20 @@ def test_encoder_shape_and_gradients(bidirectional, merge):
     assert all(p.grad is not None for p in enc.parameters())
 
 
-def test_unidirectional_is_causal_and_bidirectional_is_not():
+@VERSIONS
+def test_unidirectional_is_causal_and_bidirectional_is_not(version):
     x = torch.randn(1, 4, 4, 16, dtype=torch.float64)
     x2 = x.clone()
     x2[:, 3] += torch.randn(4, 16, dtype=torch.float64)  # change only the last frame
-    uni, bi = _encoder(False), _encoder(True)
+    uni, bi = _encoder(False, version=version), _encoder(True, version=version)
     assert torch.allclose(uni(x)[:, :3], uni(x2)[:, :3])
     assert not torch.allclose(bi(x)[:, :3], bi(x2)[:, :3])
 
 
-def test_sweep_order_is_row_major_frame_by_frame():
+@VERSIONS
+def test_sweep_order_is_row_major_frame_by_frame(version):
     # In a uni-directional encoder, token (t, i) may depend only on tokens earlier in the sweep.
-    enc = _encoder(False)
+    enc = _encoder(False, version=version)
     x = torch.randn(1, 2, 4, 16, dtype=torch.float64)
     x2 = x.clone()
     x2[:, 1, 2] += torch.randn(16, dtype=torch.float64)  # frame 1, token 2
@@ -46,8 +51,9 @@ def test_sweep_order_is_row_major_frame_by_frame():
     assert diff[1, 2] > 0 and diff[1, 3] > 0
 
 
-def test_streaming_clips_equal_one_pass():
-    enc = _encoder(False)
+@VERSIONS
+def test_streaming_clips_equal_one_pass(version):
+    enc = _encoder(False, version=version)
     x = torch.randn(1, 6, 4, 16, dtype=torch.float64)
     whole = enc(x)
     a, s = enc(x[:, :2], return_state=True)

@@ -1,9 +1,11 @@
-"""Mamba-2 mixer on top of `ops.ssd`.
+"""The Mamba mixers of the temporal encoder: Mamba-2 on top of `ops.ssd`, Mamba-1 on top of
+`ops.selective_scan`.
 
-Parameter names and layout match `transformers`' `Mamba2Mixer` (in_proj, conv1d, dt_bias, A_log,
+Mamba-2's parameter names and layout match `transformers`' `Mamba2Mixer` (in_proj, conv1d, dt_bias, A_log,
 D, norm, out_proj), so weights move between the two and a test pins the outputs together. The
-STORM paper says "MambaMixer" without naming a version; Mamba-2 is used because its scan is
-matmul-bound and fast on CPU and GPU alike. A Mamba-1 mixer would live beside this one.
+STORM paper names Mamba-1 (Gu & Dao's selective SSM); `Mamba1Mixer` below is that block, with
+transformers' `MambaMixer` weight names. Mamba-2 is offered beside it because its scan is
+matmul-bound and fast on CPU and GPU alike; `StormConfig.mamba_version` picks one.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..ops.selective_scan import selective_scan
 from ..ops.ssd import ssd_scan
 
 
@@ -24,7 +27,7 @@ class MambaState:
     SSM state."""
 
     conv: torch.Tensor  # (b, conv_dim, kernel - 1)
-    ssm: torch.Tensor  # (b, heads, head_dim, state_size)
+    ssm: torch.Tensor  # Mamba-2: (b, heads, head_dim, state_size); Mamba-1: (b, d_inner, state_size)
 
 
 class GatedRMSNorm(nn.Module):
@@ -63,6 +66,17 @@ def causal_depthwise_conv(
     for i in range(1, k):
         out = torch.addcmul(out, xp[:, i : i + l], w[:, i])
     return out
+
+
+def conv_history(history: torch.Tensor | None, conv_in: torch.Tensor, kernel: int) -> torch.Tensor:
+    """The conv state a stream carries to its next clip: the last (kernel - 1) conv inputs, from
+    the previous history (b, k - 1, c) and this clip's inputs (b, l, c) -> (b, c, k - 1)."""
+    b, l, c = conv_in.shape
+    k = kernel - 1
+    prev = history if history is not None else conv_in.new_zeros(b, k, c)
+    # Only the tail is needed: concatenating the whole clip would copy it for three rows.
+    tail = torch.cat([prev.to(conv_in.dtype), conv_in[:, max(0, l - k) :]], dim=1)
+    return tail[:, tail.shape[1] - k :].transpose(1, 2).detach()
 
 
 class Mamba2Mixer(nn.Module):
@@ -153,9 +167,74 @@ class Mamba2Mixer(nn.Module):
         out = self.out_proj(y.to(hidden_states.dtype))
         if not return_state:
             return out
-        k = self.conv_kernel - 1
-        prev = history if history is not None else conv_in.new_zeros(b, k, self.conv_dim)
-        # Only the tail is needed: concatenating the whole clip would copy it for three rows.
-        tail = torch.cat([prev.to(conv_in.dtype), conv_in[:, max(0, l - k) :]], dim=1)
-        conv_state = tail[:, tail.shape[1] - k :].transpose(1, 2)
-        return out, MambaState(conv=conv_state.detach(), ssm=ssm_state.detach())
+        return out, MambaState(conv=conv_history(history, conv_in, self.conv_kernel), ssm=ssm_state.detach())
+
+
+class Mamba1Mixer(nn.Module):
+    """Mamba-1 (S6) mixer, the block the STORM paper names. Parameter names and layout match
+    `transformers`' `MambaMixer` (in_proj, conv1d, x_proj, dt_proj, A_log, D, out_proj), so its
+    weights load directly and a test pins the outputs together."""
+
+    def __init__(self, d_model: int, *, state_size: int = 16, expand: int = 2, conv_kernel: int = 4,
+                 dt_rank: int | None = None, chunk_size: int = 256, dt_min: float = 1e-3, dt_max: float = 0.1,
+                 dt_floor: float = 1e-4, scan_impl: str = "auto"):  # fmt: skip
+        super().__init__()
+        self.d_model = d_model
+        self.d_inner = expand * d_model
+        self.state_size = state_size
+        self.conv_kernel = conv_kernel
+        self.dt_rank = dt_rank or math.ceil(d_model / 16)  # Mamba's default
+        self.chunk_size = chunk_size
+        self.scan_impl = scan_impl
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)
+        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, conv_kernel, groups=self.d_inner,
+                                padding=conv_kernel - 1, bias=True)  # fmt: skip
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * state_size, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
+        self.A_log = nn.Parameter(torch.empty(self.d_inner, state_size))
+        self.D = nn.Parameter(torch.empty(self.d_inner))
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
+        self._dt_range = (dt_min, dt_max, dt_floor)
+        self.reset_ssm_parameters()
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self):
+        # Mamba-1's initialisation: S4D-real A = -[1..n] per channel, D = 1, dt log-uniform in
+        # [dt_min, dt_max] through the dt_proj bias (inverse softplus), dt_proj weight ~ U(+-rank^-0.5).
+        dt_min, dt_max, dt_floor = self._dt_range
+        a = torch.arange(1, self.state_size + 1, dtype=torch.float32)
+        self.A_log.copy_(torch.log(a).expand(self.d_inner, -1))
+        self.D.fill_(1.0)
+        bound = self.dt_rank**-0.5
+        self.dt_proj.weight.uniform_(-bound, bound)
+        dt = torch.exp(torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=dt_floor)
+        self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+
+    def init_state(self, batch: int, device=None, dtype=None) -> MambaState:
+        return MambaState(
+            conv=torch.zeros(batch, self.d_inner, self.conv_kernel - 1, device=device, dtype=dtype),
+            ssm=torch.zeros(batch, self.d_inner, self.state_size, device=device, dtype=dtype),
+        )
+
+    def forward(self, hidden_states: torch.Tensor, state: MambaState | None = None, return_state: bool = False):
+        b, l, _ = hidden_states.shape
+        x, z = self.in_proj(hidden_states).chunk(2, dim=-1)  # (b, l, d_inner) each
+        history = None if state is None else state.conv.transpose(1, 2)
+        conv_in = x  # before the conv: its last (kernel - 1) rows are the next clip's history
+        x = F.silu(causal_depthwise_conv(x, self.conv1d.weight, self.conv1d.bias, history))  # (b, l, d_inner)
+        dt, B, C = self.x_proj(x).split([self.dt_rank, self.state_size, self.state_size], dim=-1)
+        dt = dt @ self.dt_proj.weight.t()  # (b, l, d_inner); the bias goes in as the scan's delta_bias
+        # The scan runs in at least float32 (bf16 decays drift); float64 stays float64.
+        cd = torch.promote_types(hidden_states.dtype, torch.float32)
+        y, ssm_state = selective_scan(
+            x.transpose(1, 2).to(cd), dt.transpose(1, 2).to(cd), -torch.exp(self.A_log.to(cd)),
+            B.transpose(1, 2).to(cd), C.transpose(1, 2).to(cd), self.D.to(cd), z=z.transpose(1, 2).to(cd),
+            delta_bias=self.dt_proj.bias.to(cd), delta_softplus=True, return_last_state=True,
+            initial_state=None if state is None else state.ssm.to(cd), chunk_size=self.chunk_size,
+            impl=self.scan_impl,
+        )  # fmt: skip
+        out = self.out_proj(y.transpose(1, 2).to(hidden_states.dtype))  # (b, l, d_model)
+        if not return_state:
+            return out
+        return out, MambaState(conv=conv_history(history, conv_in, self.conv_kernel), ssm=ssm_state.detach())

@@ -51,6 +51,8 @@ class StormForConditionalGeneration(StormPreTrainedModel):
                 n_groups=config.mamba_n_groups,
                 conv_kernel=config.mamba_conv_kernel,
                 chunk_size=config.mamba_chunk_size,
+                version=config.mamba_version,
+                dt_rank=config.mamba_dt_rank,
             )
             # Zero the residual branches' output so a fresh encoder starts as the identity: STORM
             # begins exactly where the baseline is and learns the temporal mixing on top.

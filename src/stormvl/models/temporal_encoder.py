@@ -11,18 +11,19 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .mamba import Mamba2Mixer, MambaState
+from .mamba import Mamba1Mixer, Mamba2Mixer, MambaState
 
 
 class TemporalEncoderLayer(nn.Module):
-    def __init__(self, d_model: int, *, bidirectional: bool, merge: str, **mixer_kwargs):
+    def __init__(self, d_model: int, *, bidirectional: bool, merge: str, version: int = 2, **mixer_kwargs):
         super().__init__()
+        mixer_cls = {1: Mamba1Mixer, 2: Mamba2Mixer}[version]
         self.norm = nn.LayerNorm(d_model)
-        self.forward_mixer = Mamba2Mixer(d_model, **mixer_kwargs)
+        self.forward_mixer = mixer_cls(d_model, **mixer_kwargs)
         self.bidirectional = bidirectional
         self.merge = merge
         if bidirectional:
-            self.backward_mixer = Mamba2Mixer(d_model, **mixer_kwargs)
+            self.backward_mixer = mixer_cls(d_model, **mixer_kwargs)
             if merge == "concat":
                 self.merge_proj = nn.Linear(2 * d_model, d_model, bias=False)
 
@@ -57,21 +58,23 @@ class TemporalEncoder(nn.Module):
         conv_kernel: int = 4,
         chunk_size: int = 64,
         scan_impl: str = "auto",
+        version: int = 2,
+        dt_rank: int | None = None,
     ):
         super().__init__()
         if merge not in ("add", "concat"):
             raise ValueError(f"temporal encoder merge must be 'add' or 'concat', got {merge!r}")
         if num_layers < 1:
             raise ValueError("temporal encoder needs at least one layer")
+        if version not in (1, 2):
+            raise ValueError(f"mamba version must be 1 or 2, got {version!r}")
         mixer = dict(
-            state_size=state_size,
-            expand=expand,
-            head_dim=head_dim,
-            n_groups=n_groups,
-            conv_kernel=conv_kernel,
-            chunk_size=chunk_size,
-            scan_impl=scan_impl,
+            state_size=state_size, expand=expand, conv_kernel=conv_kernel, scan_impl=scan_impl, version=version
         )
+        if version == 2:  # heads, groups and the SSD chunk are Mamba-2's; dt_rank is Mamba-1's
+            mixer.update(head_dim=head_dim, n_groups=n_groups, chunk_size=chunk_size)
+        else:
+            mixer.update(dt_rank=dt_rank)
         self.bidirectional = bidirectional
         self.layers = nn.ModuleList(
             TemporalEncoderLayer(d_model, bidirectional=bidirectional, merge=merge, **mixer) for _ in range(num_layers)
