@@ -125,10 +125,12 @@ def selective_scan_chunked(
     for c0 in range(0, l, chunk_size):
         c1 = min(l, c0 + chunk_size)
         # 1. decays and inputs of the chunk, position-major so each step reads contiguous memory
-        dtc = dt[:, :, c0:c1].permute(2, 0, 1)  # (T, b, d)
+        # (.contiguous(): the products inherit their inputs' layout, and a step must read one slab.)
+        dtc = dt[:, :, c0:c1].permute(2, 0, 1).contiguous()  # (T, b, d)
         a = torch.exp(dtc[..., None] * A)  # (T, b, d, n)
         dtu = (dtc * u[:, :, c0:c1].permute(2, 0, 1)).unflatten(-1, (g, d // g))  # (T, b, g, d/g)
-        x = (dtu[..., None] * B[..., c0:c1].permute(3, 0, 1, 2)[:, :, :, None, :]).flatten(2, 3)  # (T, b, d, n)
+        Bc = B[..., c0:c1].permute(3, 0, 1, 2).contiguous()  # (T, b, g, n)
+        x = (dtu[..., None] * Bc[:, :, :, None, :]).flatten(2, 3)  # (T, b, d, n)
         # 2. the recurrence
         hs = _Recurrence.apply(a, x, h)  # (T, b, d, n)
         # 3. read out with C, carry the last state into the next chunk
