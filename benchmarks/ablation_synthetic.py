@@ -32,8 +32,10 @@ VARIANTS = {
     "a": {"use_temporal_encoder": False, "projector_type": "mlp", "temporal_pool": 4},
     "b": {},
     "c": {"use_temporal_encoder": False, "projector_type": "mlp", "temporal_pool": 1},
+    "b1": {"mamba_version": 1},  # (b) with the paper's Mamba-1 block in place of Mamba-2
 }
 LABELS = {
+    "b1": "(b) with Mamba-1 (S6) instead of Mamba-2",
     "a": "(a) no encoder + T.pool 4x",
     "b": "(b) STORM + T.pool 4x",
     "c": "(c) no encoder, no pooling",
@@ -54,6 +56,7 @@ def main():
     ap.add_argument("--eval-videos", type=int, default=500)
     ap.add_argument("--out", default=str(ROOT / "runs" / "ablation"))
     ap.add_argument("--jobs", type=int, default=2, help="trainings run at once")
+    ap.add_argument("--only", nargs="+", help="rows to run (default: all), e.g. --only b b1")
     a = ap.parse_args()
     from stormvl.data.synthetic import generate_split
 
@@ -69,7 +72,24 @@ def main():
     heldout2 = ROOT / "runs" / f"synth_heldout_{2 * frames}f"
     generate_split(heldout2, a.eval_videos, frames=2 * frames, seed=4242)
     results, finals, todo = {}, {}, []
+    evals = {
+        "a": ("a", frames, 1, heldout),
+        "b": ("b", frames, 1, heldout),
+        "b1": ("b1", frames, 1, heldout),
+        "c": ("c", frames, 1, heldout),
+        "d": ("b", 2 * frames, 2, heldout2),
+        "d1": ("b", 2 * frames, 1, heldout2),
+        "d2": ("b", frames, 1, heldout2),
+    }
+    if a.only:
+        unknown = sorted(set(a.only) - set(evals))
+        if unknown:
+            sys.exit(f"unknown rows {unknown}; choose from {sorted(evals)}")
+        evals = {k: v for k, v in evals.items() if k in a.only}
+    needed = {model for model, *_ in evals.values()}
     for name, change in VARIANTS.items():
+        if name not in needed:
+            continue
         cfg = json.loads(json.dumps(recipe))
         # The recipe's paths are relative to its own folder; this config lives elsewhere.
         cfg["data"]["train"] = [str((RECIPE.parent / f).resolve()) for f in cfg["data"]["train"]]
@@ -96,14 +116,6 @@ def main():
             )
         if any(p.wait() != 0 for p in procs):
             sys.exit("a training run failed")
-    evals = {
-        "a": ("a", frames, 1, heldout),
-        "b": ("b", frames, 1, heldout),
-        "c": ("c", frames, 1, heldout),
-        "d": ("b", 2 * frames, 2, heldout2),
-        "d1": ("b", 2 * frames, 1, heldout2),
-        "d2": ("b", frames, 1, heldout2),
-    }
     for key, (model, n, s, split) in evals.items():
         eo = out / f"eval_{key}"
         run(
@@ -128,7 +140,7 @@ def main():
             ]
         )
         results[key] = json.loads((eo / "summary.json").read_text())
-    tasks = sorted(results["a"]["per_task"])
+    tasks = sorted(next(iter(results.values()))["per_task"])
     lines = [
         "| setting | " + " | ".join(tasks) + " | overall | LLM visual tokens | s / answer |",
         "|---" * (len(tasks) + 4) + "|",

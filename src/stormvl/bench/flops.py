@@ -3,6 +3,8 @@ count the model's work independently of how fast this machine runs it."""
 
 from __future__ import annotations
 
+import math
+
 from ..config import StormConfig
 from ..ops.ssd import ssd_chunked_flops
 
@@ -28,11 +30,17 @@ def temporal_flops(cfg: StormConfig, frames: int) -> float:
     tokens = frames * cfg.grid_size[0] * cfg.grid_size[1]
     d = cfg.text_config.hidden_size
     di = cfg.mamba_expand * d
-    heads = di // cfg.mamba_head_dim
-    proj = 2 * tokens * d * (2 * di + 2 * cfg.mamba_n_groups * cfg.mamba_state_size + heads) + 2 * tokens * di * d
-    scan = ssd_chunked_flops(
-        1, tokens, heads, cfg.mamba_head_dim, cfg.mamba_state_size, cfg.mamba_n_groups, cfg.mamba_chunk_size
-    )
+    n = cfg.mamba_state_size
+    if cfg.mamba_version == 1:
+        r = cfg.mamba_dt_rank or math.ceil(d / 16)
+        # in_proj, x_proj, dt_proj, out_proj; the scan: per token, channel and state index an exp,
+        # two multiply-adds for the state and one for the read-out.
+        proj = 2 * tokens * (d * 2 * di + di * (r + 2 * n) + r * di + di * d)
+        scan = 7 * tokens * di * n
+    else:
+        heads = di // cfg.mamba_head_dim
+        proj = 2 * tokens * d * (2 * di + 2 * cfg.mamba_n_groups * n + heads) + 2 * tokens * di * d
+        scan = ssd_chunked_flops(1, tokens, heads, cfg.mamba_head_dim, n, cfg.mamba_n_groups, cfg.mamba_chunk_size)
     directions = 2 if cfg.temporal_bidirectional else 1
     return cfg.temporal_layers * directions * (proj + scan)
 

@@ -19,9 +19,13 @@ SETTINGS: dict[str, dict] = {
     "storm+tpool4": {"temporal_pool": 4},
     "storm+tpool4+tsample2": {"temporal_pool": 4, "temporal_sample": 2},
     "storm+tpool4+spool2": {"temporal_pool": 4, "spatial_pool": 2},
+    # The paper's Mamba-1 block, with Mamba-1's usual state size, in place of Mamba-2.
+    "storm-m1": {"mamba_version": 1, "mamba_state_size": 16},
+    "storm-m1+tpool4": {"mamba_version": 1, "mamba_state_size": 16, "temporal_pool": 4},
 }
 
-# Shared by every setting: one bidirectional Mamba-2 layer at the LLM width.
+# Shared by every setting: one bidirectional Mamba layer at the LLM width (Mamba-2 unless a
+# setting names Mamba-1).
 BASE = {"temporal_layers": 1, "mamba_head_dim": 64, "mamba_state_size": 64, "mamba_chunk_size": 64}
 
 SIZES: dict[str, tuple[dict, dict]] = {
