@@ -159,3 +159,20 @@ def test_a_run_where_no_video_decodes_fails_instead_of_reporting_success(tmp_pat
     err = capsys.readouterr().err
     assert "trained 0 steps, no sample's video could be decoded" in err and "model written" not in err
     assert not (tmp_path / "run" / "final").exists()
+
+
+def test_test_time_sampling_stays_out_of_training(tmp_path, split):
+    storm = {"temporal_pool": 2, "mamba_head_dim": 16, "temporal_sample": 2}  # saved for answering
+    cfg = load_train_config(_config(tmp_path, split, model={"init": "tiny", "tiny": TINY, "storm": storm}))
+    t = Trainer(cfg, progress=False)
+    ds = t.dataset(t.cfg.stages[1], 8)
+    picks = t.batch_indices(1, 0)
+    grid = t.model.config.grid_size[0] * t.model.config.grid_size[1]
+    batch = t.collate(ds, picks)
+    assert batch["temporal_sample"] == 1
+    per_row = (batch["input_ids"] == t.model.config.video_token_id).sum(1)
+    assert per_row.tolist() == [4 * grid] * len(per_row)  # 8 frames / pool 2, all kept
+    assert (t.collate(ds, picks, temporal_sample=2)["input_ids"] == t.model.config.video_token_id).sum(1).tolist() == [
+        2 * grid
+    ] * len(per_row)  # a stage that asks for a stride gets it
+    assert t.model.config.temporal_sample == 2  # and answering still uses the saved stride

@@ -44,6 +44,9 @@ class StageConfig:
     lr: float = 1e-3
     num_frames: int | None = None  # default: data.num_frames
     temporal_pool: int | None = None  # switch pooling on for this stage (e.g. the long-video stage)
+    # Test-time sampling is test-time only (the paper's): training reads every pooled frame unless a
+    # stage asks for a stride here, whatever the model's saved temporal_sample says.
+    temporal_sample: int | None = None
     data: list[str] | None = None  # this stage's annotation files (default: data.train)
 
 
@@ -104,8 +107,9 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         for s in self.stages:
-            if s.temporal_pool is not None and s.temporal_pool < 1:
-                raise ConfigError(f"stage {s.name}: temporal_pool must be >= 1, got {s.temporal_pool}")
+            for name in ("temporal_pool", "temporal_sample"):
+                if getattr(s, name) is not None and getattr(s, name) < 1:
+                    raise ConfigError(f"stage {s.name}: {name} must be >= 1, got {getattr(s, name)}")
             if s.num_frames is not None and not 1 <= s.num_frames <= MAX_FRAMES:
                 raise ConfigError(f"stage {s.name}: num_frames must be in [1, {MAX_FRAMES}], got {s.num_frames}")
         reserved = sorted(set(self.model.storm) & {"vision_config", "text_config", "video_token", "video_token_id"})

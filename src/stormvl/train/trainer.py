@@ -182,7 +182,7 @@ class Trainer:
             out.append((int(perm[k]), bool(open_ended)))
         return out
 
-    def collate(self, ds, picks):
+    def collate(self, ds, picks, temporal_sample: int = 1):
         items = []
         for i, open_ended in picks:
             it = ds[i]
@@ -196,7 +196,7 @@ class Trainer:
             return None
         frames, questions, options, answers = zip(*items)
         prompts = [self.processor.prompt_text(q, o) for q, o in zip(questions, options)]
-        return self.processor(list(frames), prompts, answers=list(answers))
+        return self.processor(list(frames), prompts, answers=list(answers), temporal_sample=temporal_sample)
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _unwrapped(self, model):
@@ -298,7 +298,7 @@ class Trainer:
             t0 = time.time()
             empty = 0
             for step in range(start_step, stage.steps):
-                batch = self.collate(ds, self.batch_indices(si, step))
+                batch = self.collate(ds, self.batch_indices(si, step), stage.temporal_sample or 1)
                 if not self._all_ranks_have(batch is not None):
                     empty += 1  # every rank skips together: a lone rank in all-reduce would hang
                     continue
