@@ -44,7 +44,7 @@ import numpy as np
 from .errors import VideoError
 from .frame_plan import MAX_FRAMES, FramePlan, check_count, check_request, plan_frames
 
-__all__ = ["VideoError", "VideoClip", "VideoInfo", "MAX_FRAMES", "probe", "load_video", "write_video"]
+__all__ = ["VideoError", "VideoClip", "VideoInfo", "MAX_FRAMES", "probe", "load_video", "load_image", "write_video"]
 
 MAX_SIZE = 8192  # frame side for `size`; beyond any real video, catches a swapped argument
 # Scaling for `size`: AREA averages the source pixels under each output pixel, so downscaling
@@ -89,7 +89,7 @@ class _Walk:
     end: int | None = None  # last decoded index, when the stream ended before the remaining targets
 
 
-def _open(path):
+def _open(path, image_ok: bool = False):
     import av
 
     path = os.fspath(path)
@@ -112,11 +112,29 @@ def _open(path):
         container.close()
         what = "audio-only file" if "audio" in kinds else f"no video stream (streams: {kinds or 'none'})"
         raise VideoError(f"{path}: {what}")
-    image = _still_image_format(path, container)
+    image = None if image_ok else _still_image_format(path, container)
     if image:
         container.close()
         raise VideoError(f"{path}: a still image ({image}), not a video")
     return path, container
+
+
+def load_image(path, *, size: int | None = None) -> np.ndarray:
+    """A still image (PNG, JPEG, ...; a video's first frame too) as a one-frame clip (1, H, W, 3)
+    uint8 RGB, or (1, size, size, 3): images train as one-frame videos, as in the paper's
+    image-text alignment stage."""
+    import av
+
+    if size is not None:
+        check_count(os.fspath(path), "size", size, high=MAX_SIZE)
+    path, container = _open(path, image_ok=True)
+    with container:
+        try:
+            for frame in container.decode(video=0):
+                return _rgb(frame, size)[None]
+        except av.error.FFmpegError as e:
+            raise VideoError(f"{path}: not a readable image ({e.strerror or e})") from None
+    raise VideoError(f"{path}: no decodable image")
 
 
 def _still_image_format(path, container) -> str | None:

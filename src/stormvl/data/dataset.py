@@ -14,15 +14,16 @@ from torch.utils.data import Dataset
 
 from ..errors import DataFormatError, MissingFileError, VideoError
 from ..processing import OPTION_LETTERS
-from ..video import load_video
+from ..video import load_image, load_video
 
 
 @dataclass
 class Sample:
-    video: str  # resolved path
+    video: str  # resolved path (of an image when `image`)
     question: str
     options: list[str] | None
     answer: str  # what the model should say
+    image: bool = False  # a still image: read as a one-frame video
 
 
 def _read_any(path: Path) -> list[dict]:
@@ -57,8 +58,10 @@ def read_training_samples(files, video_root=None) -> list[Sample]:
         for i, row in enumerate(_read_any(f)):
             if not isinstance(row, dict):
                 raise DataFormatError(f"{f}: record {i} is a {type(row).__name__}, not an object")
-            video = _text(row.get("video"), f, i, "'video'")
-            path = str(video if Path(video).is_absolute() else root / video)
+            # LLaVA-pretrain style image-text records ({"image": ...}) train as one-frame videos.
+            image = "image" in row and "video" not in row
+            media = _text(row.get("image" if image else "video"), f, i, "'image'" if image else "'video'")
+            path = str(media if Path(media).is_absolute() else root / media)
             if "conversations" in row:
                 conv = row["conversations"]
                 if not isinstance(conv, list) or not all(isinstance(c, dict) for c in conv):
@@ -68,7 +71,7 @@ def read_training_samples(files, video_root=None) -> list[Sample]:
                 if human is None or gpt is None:
                     raise DataFormatError(f"{f}: record {i} needs a human and a gpt turn")
                 question = _text(human, f, i, "the human turn").replace("<video>", "").replace("<image>", "").strip()
-                samples.append(Sample(path, question, None, _text(gpt, f, i, "the gpt turn").strip()))
+                samples.append(Sample(path, question, None, _text(gpt, f, i, "the gpt turn").strip(), image))
             elif "question" in row and "options" in row and "answer" in row:
                 opts = row["options"]
                 if not isinstance(opts, list) or not opts or not all(isinstance(o, str) for o in opts):
@@ -76,7 +79,7 @@ def read_training_samples(files, video_root=None) -> list[Sample]:
                 ans = row["answer"]
                 if not isinstance(ans, str) or ans not in OPTION_LETTERS[: len(opts)]:
                     raise DataFormatError(f"{f}: record {i}: answer {ans!r} is not one of its option letters")
-                samples.append(Sample(path, _text(row["question"], f, i, "'question'"), opts, ans))
+                samples.append(Sample(path, _text(row["question"], f, i, "'question'"), opts, ans, image))
             else:
                 raise DataFormatError(
                     f"{f}: record {i} is neither a conversation nor a multiple-choice record "
@@ -105,7 +108,11 @@ class VideoQADataset(Dataset):
         key = (self.samples[i].video, self.num_frames, self.size)
         if self.cache is not None and key in self.cache:
             return self.cache[key]
-        f = load_video(self.samples[i].video, self.num_frames, size=self.size).frames
+        s = self.samples[i]
+        if s.image:
+            f = load_image(s.video, size=self.size)  # (1, H, W, 3)
+        else:
+            f = load_video(s.video, self.num_frames, size=self.size).frames
         if self.cache is not None:
             self.cache[key] = f
         return f
