@@ -72,3 +72,11 @@ def test_from_pretrained_keyword_overrides_are_validated(tmp_path):
     assert StormConfig.from_pretrained(tmp_path, temporal_pool=4).temporal_pool == 4
     with pytest.raises(ConfigError, match="temporal_pool must be"):
         StormConfig.from_pretrained(tmp_path, temporal_pool=0)
+
+
+def test_bare_config_has_the_papers_shapes():
+    c = StormConfig()
+    assert (c.vision_config.image_size, c.vision_config.patch_size, c.vision_config.hidden_size) == (448, 14, 1152)
+    assert c.text_config.hidden_size == 3584 and c.text_config.num_hidden_layers == 28  # Qwen2-7B
+    assert c.grid_size == (16, 16)  # 32x32 patches, 2x2 pixel shuffle
+    assert c.tokens_per_video(32) == 8192  # the paper's 8K visual-token budget at 32 frames

@@ -254,9 +254,19 @@ def check_overrides(overrides, where: str) -> None:
         check_field(k, v, where)
 
 
+# A bare StormConfig() has the paper's shapes: SigLIP-so400m at 448 px / patch 14 (32x32 patches,
+# 16x16 = 256 tokens per frame after the 2x2 shuffle) feeding Qwen2-7B.
+PAPER_VISION = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
+                    image_size=448, patch_size=14)  # fmt: skip
+PAPER_TEXT = dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                  num_key_value_heads=4, vocab_size=152064, max_position_embeddings=32768, rope_theta=1e6)  # fmt: skip
+
+
 def _sub_config(value, default_type: str):
     if value is None:
-        return SiglipVisionConfig() if default_type == "siglip_vision_model" else AutoConfig.for_model(default_type)
+        if default_type == "siglip_vision_model":
+            return SiglipVisionConfig(**PAPER_VISION)
+        return AutoConfig.for_model(default_type, **PAPER_TEXT)
     if isinstance(value, dict):
         value = dict(value)
         try:

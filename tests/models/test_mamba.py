@@ -103,3 +103,18 @@ def test_mamba1_mixer_streaming_state():
         outs.append(o)
     assert torch.allclose(torch.cat(outs, 1), whole, atol=1e-12)
     assert s.ssm.shape == (1, 32, 8) and s.conv.shape == (1, 32, 3)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-14), (torch.float32, 1e-6)])
+def test_gated_norm_computes_in_the_inputs_precision(dtype, tol):
+    from stormvl.models.mamba import GatedRMSNorm
+
+    torch.manual_seed(0)
+    norm = GatedRMSNorm(8, group_size=4).to(dtype)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    y, z = torch.randn(3, 8, dtype=torch.float64), torch.randn(3, 8, dtype=torch.float64)
+    h = (y * z * torch.sigmoid(z)).view(3, 2, 4)  # reference in float64
+    want = (h / torch.sqrt(h.pow(2).mean(-1, keepdim=True) + norm.eps)).view(3, 8) * norm.weight.double()
+    got = norm(y.to(dtype), z.to(dtype))
+    assert got.dtype == dtype and (got.double() - want).abs().max() < tol

@@ -67,6 +67,8 @@ def test_loss_only_on_answer_tokens_and_gradients(tiny_model):
 def test_baseline_is_same_class_without_encoder(tiny_model):
     model, proc = tiny_model(use_temporal_encoder=False, projector_type="mlp")
     assert model.temporal_encoder is None
+    # VILA's projector: LayerNorm, Linear, GELU, Linear on the pixel-shuffled features.
+    assert [type(m).__name__ for m in model.projector.net] == ["LayerNorm", "Linear", "GELU", "Linear"]
     batch = proc([FRAMES], [proc.prompt_text("what happens ?")])
     assert model.generate(**batch, max_new_tokens=2).shape == (1, 2)
 

@@ -100,30 +100,33 @@ def test_resume_equals_uninterrupted(tmp_path, split):
         assert torch.allclose(sa[k], sb[k], atol=1e-6), k
 
 
-def test_ddp_two_processes_gloo(tmp_path, split):
-    path = _config(tmp_path, split, stages=[{"name": "sft", "steps": 3, "lr": 1e-3}])
+def test_ddp_two_processes_gloo_equal_one_process_on_the_global_batch(tmp_path, split):
+    """Two gloo ranks with 4 samples each train the same weights as one process with the same 8.
+    (Multiple-choice answers only: every sample has the same number of answer tokens, so averaging
+    the ranks' mean losses equals the global mean.)"""
+    from safetensors.torch import load_file
+
+    data = {"train": [str(split / "annotations.jsonl")], "num_frames": 8, "open_ended_ratio": 0.0}
+    stages = [{"name": "sft", "steps": 3, "lr": 1e-3}]
+    ddp = _config(tmp_path / "ddp", split, stages=stages, data=data, log_every=1)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node=2",
-            "--master_port=29517",
-            "-m",
-            "stormvl.cli",
-            "train",
-            str(path),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", "-m",
+         "stormvl.cli", "train", str(ddp)],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
-    assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
-    log = [json.loads(line) for line in open(tmp_path / "run" / "log.jsonl")]
-    assert log[-1]["global_step"] == 3
+    one = load_train_config(_config(tmp_path / "one", split, stages=stages, data=data, batch_size=8, log_every=1))
+    train(one, progress=False)
+    logs = [[json.loads(line) for line in open(tmp_path / d / "run" / "log.jsonl")] for d in ("ddp", "one")]
+    assert [r["global_step"] for r in logs[0]] == [r["global_step"] for r in logs[1]] == [1, 2, 3]
+    for a, b in zip(*logs):
+        assert abs(a["loss"] - b["loss"]) < 1e-4 * max(1.0, abs(b["loss"]))
+    wa = load_file(tmp_path / "ddp" / "run" / "final" / "model.safetensors")
+    wb = load_file(tmp_path / "one" / "run" / "final" / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=2e-5), k
 
 
 class _RunsCode:

@@ -41,7 +41,8 @@ class GatedRMSNorm(nn.Module):
 
     def forward(self, y, z):
         dtype = y.dtype
-        h = y.float() * F.silu(z.float())
+        cd = torch.promote_types(dtype, torch.float32)  # at least float32 (half-precision sums drift)
+        h = y.to(cd) * F.silu(z.to(cd))
         hg = h.unflatten(-1, (-1, self.group_size))
         hg = hg * torch.rsqrt(hg.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * hg.flatten(-2).to(dtype)

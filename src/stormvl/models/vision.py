@@ -25,14 +25,17 @@ def pixel_shuffle(tokens: torch.Tensor, grid: int, factor: int) -> torch.Tensor:
 
 
 class Projector(nn.Module):
-    """Pixel-shuffled vision features -> LLM width. "linear" is STORM's; "mlp" is VILA's."""
+    """Pixel-shuffled vision features -> LLM width. "linear" is STORM's; "mlp" is VILA's
+    (LayerNorm, Linear, GELU, Linear: its "mlp_downsample" projector after the 2x2 shuffle)."""
 
     def __init__(self, in_dim: int, out_dim: int, kind: str):
         super().__init__()
         if kind == "linear":
             self.net = nn.Linear(in_dim, out_dim)
         elif kind == "mlp":
-            self.net = nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
+            self.net = nn.Sequential(
+                nn.LayerNorm(in_dim), nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim)
+            )
         else:
             raise ValueError(f"unknown projector {kind!r}")
 
