@@ -69,6 +69,13 @@ def causal_depthwise_conv(
     return out
 
 
+def dt_bias_init(n: int, dt_min: float, dt_max: float, dt_floor: float) -> torch.Tensor:
+    """Mamba's dt initialisation: dt log-uniform in [dt_min, dt_max] (floored), stored as the bias
+    whose softplus gives it. (n,)"""
+    dt = torch.exp(torch.rand(n) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=dt_floor)
+    return dt + torch.log(-torch.expm1(-dt))  # inverse softplus
+
+
 def conv_history(history: torch.Tensor | None, conv_in: torch.Tensor, kernel: int) -> torch.Tensor:
     """The conv state a stream carries to its next clip: the last (kernel - 1) conv inputs, from
     the previous history (b, k - 1, c) and this clip's inputs (b, l, c) -> (b, c, k - 1)."""
@@ -130,9 +137,7 @@ class Mamba2Mixer(nn.Module):
         dt_min, dt_max, dt_floor = self._dt_range
         self.A_log.copy_(torch.log(torch.arange(1, self.num_heads + 1, dtype=torch.float32)))
         self.D.fill_(1.0)
-        dt = torch.exp(torch.rand(self.num_heads) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-        dt = dt.clamp(min=dt_floor)
-        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        self.dt_bias.copy_(dt_bias_init(self.num_heads, dt_min, dt_max, dt_floor))
 
     def init_state(self, batch: int, device=None, dtype=None) -> MambaState:
         return MambaState(
@@ -208,9 +213,7 @@ class Mamba1Mixer(nn.Module):
         self.D.fill_(1.0)
         bound = self.dt_rank**-0.5
         self.dt_proj.weight.uniform_(-bound, bound)
-        dt = torch.exp(torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-        dt = dt.clamp(min=dt_floor)
-        self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        self.dt_proj.bias.copy_(dt_bias_init(self.d_inner, dt_min, dt_max, dt_floor))
 
     def init_state(self, batch: int, device=None, dtype=None) -> MambaState:
         return MambaState(
