@@ -105,9 +105,15 @@ def test_bad_shapes_and_impl():
         ssd_scan(x, dt, A, B, C, D, impl="kernel")
 
 
-def test_flop_count():
-    # 1 chunk of 4, 1 head/group: CB 2*4*4*n, intra 2*4*4*p, states 2*4*p*n, out 2*4*n*p.
-    assert ssd_chunked_flops(1, 4, 1, 2, 3, 1, 4) == 2 * 16 * 3 + 2 * 16 * 2 + 2 * 4 * 6 * 2
+@pytest.mark.parametrize("b,l,h,p,n,g,c", [(1, 4, 1, 2, 3, 1, 4), (2, 37, 4, 8, 6, 2, 8), (1, 64, 8, 16, 16, 1, 16)])
+def test_flop_count_matches_the_counted_scan(b, l, h, p, n, g, c):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x, dt, A = torch.randn(b, l, h, p), torch.rand(b, l, h), -torch.rand(h)
+    B, C = torch.randn(b, l, g, n), torch.randn(b, l, g, n)
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        ssd_scan_chunked(x, dt, A, B, C, chunk_size=c)
+    assert fc.get_total_flops() == ssd_chunked_flops(b, l, h, p, n, g, c)
 
 
 def test_long_inputs_run_in_segments_with_the_same_result():
