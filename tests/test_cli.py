@@ -29,30 +29,17 @@ def _tokens(frames, sample=None):
 
 @pytest.mark.slow
 def test_bench_cli_writes_outputs(tmp_path):
-    assert (
-        main(
-            [
-                "bench",
-                "--size",
-                "tiny",
-                "--frames",
-                "8",
-                "--repeats",
-                "1",
-                "--warmup",
-                "0",
-                "--settings",
-                "storm+tpool4",
-                "--out",
-                str(tmp_path),
-            ]
-        )
-        == 0
-    )
-    data = json.load(open(tmp_path / "bench.json"))
-    assert {r["setting"] for r in data["rows"]} == {"baseline", "storm+tpool4"}
-    assert (tmp_path / "bench.md").read_text().startswith("| frames")
-    assert main(["bench", "--settings", "nope", "--out", str(tmp_path)]) == 2
+    base = "bench --size tiny --frames 8 --repeats 1 --warmup 0 --settings storm+tpool4".split()
+    for layers in ("1", "2"):
+        out = tmp_path / layers
+        assert main([*base, "--temporal-layers", layers, "--video", "examples/clip.mp4", "--out", str(out)]) == 0
+    one, two = (json.load(open(tmp_path / n / "bench.json")) for n in ("1", "2"))
+    assert {r["setting"] for r in one["rows"]} == {"baseline", "storm+tpool4"}
+    storm1, storm2 = (next(r for r in d["rows"] if r["setting"] == "storm+tpool4") for d in (one, two))
+    assert storm2["gflops"]["temporal"] == pytest.approx(2 * storm1["gflops"]["temporal"], rel=0.02)
+    assert storm1["end_to_end_s"] == pytest.approx(storm1["decode_s"] + storm1["answer_s"], abs=2e-4)
+    assert (tmp_path / "1" / "bench.md").read_text().startswith("| frames")
+    assert "end-to-end s" in (tmp_path / "1" / "bench.md").read_text()
 
 
 @pytest.mark.parametrize("direction", ["left", "right", "up", "down"])

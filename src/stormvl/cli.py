@@ -220,6 +220,7 @@ def cmd_bench(a):
         settings.insert(0, "baseline")
     if any(f < 1 or f > 4096 for f in a.frames):
         raise InputError("--frames values must be in [1, 4096]")
+    _check_counts(a, temporal_layers=(1, 64))
     if a.repeats < 1 or a.warmup < 0:
         raise InputError("--repeats must be >= 1 and --warmup >= 0")
     _writable_dir(a.out)  # before minutes of measuring, not after
@@ -235,6 +236,7 @@ def cmd_bench(a):
         a.frames,
         settings,
         size=a.size,
+        temporal_layers=a.temporal_layers,
         repeats=a.repeats,
         warmup=a.warmup,
         device=a.device,
@@ -244,6 +246,7 @@ def cmd_bench(a):
     )
     meta = {
         "size": a.size,
+        "temporal_layers": a.temporal_layers or 1,
         "device": a.device,
         "dtype": a.dtype,
         "repeats": a.repeats,
@@ -303,6 +306,7 @@ def build_parser():
     s.add_argument("--frames", type=int, nargs="+", default=[32, 64, 128])
     s.add_argument("--settings", help="comma-separated subset (baseline is always included)")
     s.add_argument("--size", default="cpu", choices=["cpu", "tiny"])
+    s.add_argument("--temporal-layers", type=int, help="Mamba layers in the encoder (default 1; StormConfig's is 2)")
     s.add_argument("--repeats", type=int, default=3)
     s.add_argument("--warmup", type=int, default=1)
     s.add_argument("--device", default="cpu")

@@ -7,18 +7,22 @@ import os
 
 
 def format_table(rows) -> str:
+    decoded = any(r.get("end_to_end_s") is not None for r in rows)
+    extra = " decode s | end-to-end s |" if decoded else ""
     lines = [
         "| frames | setting | LLM visual tokens | tokens / | GFLOPs vision / temporal / LLM | vision s | temporal s "
-        "| prefill s | s / token | TTFT s | TTFT speed-up | temporal share | peak MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| prefill s | s / token | TTFT s | TTFT speed-up | answer s | temporal share | peak MiB |" + extra,
+        "|---" * (14 + 2 * decoded) + "|",
     ]
     for r in rows:
         g, s = r["gflops"], r["seconds"]
+        tail = f" {r['decode_s']:.3f} | {r['end_to_end_s']:.3f} |" if decoded else ""
         lines.append(
             f"| {r['frames']} | {r['setting']} | {r['llm_visual_tokens']} | {r.get('token_reduction_x', '')}x "
             f"| {g['vision']:.0f} / {g['temporal']:.0f} / {g['llm_prefill']:.0f} | {s['vision']:.3f} "
             f"| {s['temporal']:.3f} | {s['prefill']:.3f} | {s['per_token']:.4f} | {r['ttft_s']:.3f} "
-            f"| {r.get('ttft_speedup_x', '')}x | {100 * r['temporal_share']:.1f}% | {r['peak_mem_mib']:.0f} |"
+            f"| {r.get('ttft_speedup_x', '')}x | {r['answer_s']:.3f} | {100 * r['temporal_share']:.1f}% "
+            f"| {r['peak_mem_mib']:.0f} |" + tail
         )
     return "\n".join(lines)
 

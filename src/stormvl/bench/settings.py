@@ -69,7 +69,7 @@ SIZES: dict[str, tuple[dict, dict]] = {
 }
 
 
-def bench_config(setting: str, size: str = "cpu") -> StormConfig:
+def bench_config(setting: str, size: str = "cpu", temporal_layers: int | None = None) -> StormConfig:
     if setting not in SETTINGS:
         raise InputError(f"unknown bench setting {setting!r}; choose from {list(SETTINGS)}")
     if size not in SIZES:
@@ -79,5 +79,5 @@ def bench_config(setting: str, size: str = "cpu") -> StormConfig:
         vision_config=dict(model_type="siglip_vision_model", **vision),
         text_config=dict(model_type="qwen2", max_position_embeddings=32768, **text),
         video_token_id=text["vocab_size"] - 1,
-        **{**BASE, **SETTINGS[setting]},
+        **{**BASE, **SETTINGS[setting], **({"temporal_layers": temporal_layers} if temporal_layers else {})},
     )
