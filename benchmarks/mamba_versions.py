@@ -37,8 +37,8 @@ def main():
     generate_split(heldout, a.eval_videos, frames=16, seed=4242)
     recipe = yaml.safe_load((ROOT / "examples" / "train_tiny.yaml").read_text())
     results = {}
-    for version in (1, 2):
-        for seed in a.seeds:
+    for seed in a.seeds:  # seed-major: each seed's pair of versions finishes together
+        for version in (1, 2):
             name = f"m{version}_s{seed}"
             cfg = json.loads(json.dumps(recipe))
             cfg.update(output_dir=str(out / name), seed=seed, save_every=200)

@@ -105,6 +105,13 @@ def _model_folders(d):
     (copy("m_notok") / "tokenizer_config.json").unlink()
     w = copy("m_truncated") / "model.safetensors"
     w.write_bytes(w.read_bytes()[:5000])
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(DEFAULT_MODEL / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if not k.startswith("projector.")},
+              copy("m_missing") / "model.safetensors", metadata={"format": "pt"})  # fmt: skip
+    shaped = {k: (v[:-1] if k == "projector.net.bias" else v) for k, v in weights.items()}
+    save_file(shaped, copy("m_shape") / "model.safetensors", metadata={"format": "pt"})
 
 
 def _annotations(d):
@@ -138,6 +145,13 @@ def _annotations(d):
         json.dumps([{"videoID": "v", "question": "q", "options": "A. a B. b", "answer": "A"}])
     )
     (d / "mlvu_qint.json").write_text(json.dumps([{"video_name": "v.mp4", "question": 7, "answer": "A"}]))
+    (d / "mvb").mkdir()
+    mvb = [{"video": 5, "question": "q", "candidates": ["a"], "answer": "a"}]
+    (d / "mvb" / "task.json").write_text(json.dumps(mvb))
+    jl("task_dict.jsonl", {**rec, "task_type": {"t": 1}})
+    (d / "lvb_bool.json").write_text(
+        json.dumps([{"video_path": "v.mp4", "question": "q", "option0": "a", "option1": "b", "correct_choice": True}])
+    )
 
 
 def _train_configs(d):
@@ -202,6 +216,8 @@ ANSWER = [
     ("model pickled", ["{w}/good.mp4", Q, "--model", "{w}/m_pickle"], "pickled weights"),
     ("model no tokenizer", ["{w}/good.mp4", Q, "--model", "{w}/m_notok"], "no tokenizer"),
     ("model truncated", ["{w}/good.mp4", Q, "--model", "{w}/m_truncated"], "cannot load the model"),
+    ("model missing tensors", ["{w}/good.mp4", Q, "--model", "{w}/m_missing"], "do not fit the model (2 missing"),
+    ("model wrong shape", ["{w}/good.mp4", Q, "--model", "{w}/m_shape"], "cannot load the model"),
     ("empty question", ["{w}/good.mp4", "  "], "must not be empty"),
     ("empty option", ["{w}/good.mp4", Q, "--options", "left", ""], "must not be empty"),
     ("27 options", ["{w}/good.mp4", Q, "--options", *[f"o{i}" for i in range(27)]], "1 to 26 options"),
@@ -218,6 +234,10 @@ EVAL = [
     ("records not objects", ["--benchmark", "mlvu", "--annotations", "{w}/ints.json"], "not an object"),
     ("videomme no videoID", ["--benchmark", "videomme", "--annotations", "{w}/vmme_noid.json"], "'videoID'"),
     ("videomme options a string", ["--benchmark", "videomme", "--annotations", "{w}/vmme_optstr.json"], "a list"),
+    ("mvbench video a number", ["--benchmark", "mvbench", "--annotations", "{w}/mvb"], "'video' must be a str"),
+    ("task type a mapping", ["--benchmark", "synthetic", "--annotations", "{w}/task_dict.jsonl"], "task type"),
+    ("lvb choice a bool", ["--benchmark", "longvideobench", "--annotations", "{w}/lvb_bool.json"], "out of range"),
+    ("videos a file", [*SPLIT, "--videos", "{w}/a_file"], "--videos must be a folder"),
     ("mlvu question a number", ["--benchmark", "mlvu", "--annotations", "{w}/mlvu_qint.json"], "must be a str"),
     ("mlvu answer", ["--benchmark", "mlvu", "--annotations", "{w}/mlvu_badans.json"], "not one of its candidates"),
     ("lvb choice", ["--benchmark", "longvideobench", "--annotations", "{w}/lvb_range.json"], "out of range"),
@@ -261,6 +281,7 @@ TRAIN = [
 ]
 
 BENCH = [
+    ("frames not a number", ["--frames", "x"], "invalid int value"),
     ("unknown setting", ["--settings", "nope"], "unknown setting"),
     ("zero frames", ["--frames", "0"], "--frames values"),
     ("zero repeats", ["--repeats", "0"], "--repeats"),
@@ -316,3 +337,16 @@ def test_python_api_raises_storm_errors(w):
         pipe.answer(w / "good.mp4", Q, [f"o{i}" for i in range(27)])
     for e in (ModelFolderError, VideoError, ConfigError, InputError):
         assert issubclass(e, stormvl.StormError) and issubclass(e, ValueError)
+
+
+def test_eval_will_not_mix_settings_in_one_folder_and_retries_skipped_questions(w, tmp_path, capsys):
+    out = tmp_path / "e"
+    ann = str(w / "split" / "annotations.jsonl")
+    base = ["eval", "--benchmark", "synthetic", "--annotations", ann, "--out", str(out), "--no-progress"]
+    assert main([*base, "--videos", str(tmp_path)]) == 2  # every video missing: nothing evaluated
+    assert "nothing could be evaluated" in capsys.readouterr().err
+    assert main([*base, "--frames", "8", "--videos", str(w / "split")]) == 2  # another setting, same folder
+    assert "holds results of another setting (num_frames, visual_tokens differ)" in capsys.readouterr().err
+    (out / "run.json").unlink()  # the user starts that folder over on purpose
+    assert main([*base, "--videos", str(w / "split")]) == 0  # the skipped questions run again
+    assert json.loads((out / "summary.json").read_text())["answered"] == 4

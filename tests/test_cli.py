@@ -324,3 +324,18 @@ def test_unknown_words_and_ties_are_flagged_not_hidden(capsys):
                  "left", "right", "up", "down"]) == 0  # fmt: skip
     captured = capsys.readouterr()
     assert captured.out.strip() == "B. right" and "warning" not in captured.err
+
+
+def test_a_cut_off_video_makes_the_answer_uncertain(tmp_path, capsys):
+    f = blank_frames(48)
+    for t in range(48):
+        draw(f[t], "circle", "green", 12 + 40 * t / 47, 32)
+    full = write_video(tmp_path / "full.mp4", f, fps=FPS, faststart=True)  # index first: a cut still opens
+    data = open(full, "rb").read()
+    (tmp_path / "cut.mp4").write_bytes(data[: len(data) * 7 // 10])  # about the first 2 s of 6 s decode
+    assert main(["answer", str(tmp_path / "cut.mp4"), "Which direction does the green circle move?", "--json"]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert out["uncertain"] and any("decode; sampled within them" in w for w in out["warnings"])
+    assert max(out["timestamps"]) < 48 / FPS * 0.75
+    assert captured.err.count("decode; sampled within them") == 1  # said once, not twice

@@ -25,6 +25,7 @@ def test_bad_config_is_rejected(tiny_tokenizer):
         ("video_position", "middle", "video_position must be one of"),
         ("video_token", "", "video_token must be a non-empty string"),
         ("mamba_version", 3, "mamba_version must be one of"),
+        ("mamba_version", True, "mamba_version must be one of"),
         ("mamba_dt_rank", 0, "mamba_dt_rank must be None or"),
     ],
 )

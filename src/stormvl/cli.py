@@ -74,10 +74,14 @@ def cmd_answer(a):
     pipe = load(a.model)
     frames = a.frames if a.frames is not None else pipe.config.num_frames
     options = a.options or None
-    # A progress bar (stderr) only where decoding takes a noticeable time.
-    ans = pipe.answer(
-        a.video, a.question, options, num_frames=frames, temporal_sample=a.temporal_sample, progress=info.duration > 120
-    )
+    # A progress bar (stderr) only where decoding takes a noticeable time. Decoding problems come
+    # back in ans.warnings (printed below), not twice.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ans = pipe.answer(
+            a.video, a.question, options, num_frames=frames, temporal_sample=a.temporal_sample,
+            progress=info.duration > 120,
+        )  # fmt: skip
     if not a.json:  # what was read, after it was read (a failure leaves only its error line)
         print(
             f"{a.video}: {info.duration:.1f} s, {info.num_frames} frames; sampled {ans.num_frames} -> "
@@ -137,7 +141,7 @@ def cmd_train(a):
 
 def cmd_eval(a):
     from .evaluation.readers import read_benchmark
-    from .evaluation.runner import evaluate, format_summary, merge
+    from .evaluation.runner import check_resume, evaluate, format_summary, merge
     from .frame_plan import MAX_FRAMES
     from .model_folder import check_model_folder
     from .pipeline import load
@@ -148,6 +152,8 @@ def cmd_eval(a):
         records = records[: a.limit]
     if a.model is not None:
         check_model_folder(a.model)
+    if a.videos is not None and not os.path.isdir(a.videos):
+        raise InputError(f"{a.videos}: --videos must be a folder")
     _writable_dir(a.out)
     _quiet_transformers()
     import torch.distributed as dist
@@ -157,7 +163,21 @@ def cmd_eval(a):
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("gloo")
     pipe = load(a.model)
-    frames = a.frames if a.frames is not None else pipe.config.num_frames
+    c = pipe.config
+    frames = a.frames if a.frames is not None else c.num_frames
+    settings = {
+        "benchmark": a.benchmark,
+        "annotations": os.path.abspath(a.annotations),
+        "model": os.path.abspath(a.model) if a.model else "embedded-default",
+        "num_frames": frames,
+        "temporal_sample": a.temporal_sample or c.temporal_sample,
+        "temporal_pool": c.temporal_pool,
+        "spatial_pool": c.spatial_pool,
+        "use_temporal_encoder": c.use_temporal_encoder,
+        "visual_tokens": c.tokens_per_video(frames, a.temporal_sample),
+        "choice_mode": c.choice_mode,
+    }
+    check_resume(a.out, settings)  # before any row is written
     evaluate(
         pipe,
         records,
@@ -172,21 +192,7 @@ def cmd_eval(a):
     if world > 1:
         dist.barrier()
     if rank == 0:
-        c = pipe.config
-        settings = {
-            "benchmark": a.benchmark,
-            "annotations": os.path.abspath(a.annotations),
-            "model": os.path.abspath(a.model) if a.model else "embedded-default",
-            "num_frames": frames,
-            "temporal_sample": a.temporal_sample or c.temporal_sample,
-            "temporal_pool": c.temporal_pool,
-            "spatial_pool": c.spatial_pool,
-            "use_temporal_encoder": c.use_temporal_encoder,
-            "visual_tokens": c.tokens_per_video(frames, a.temporal_sample),
-            "choice_mode": c.choice_mode,
-            "processes": world,
-        }
-        summary = merge(a.out, records, settings)
+        summary = merge(a.out, records, {**settings, "processes": world})
         if summary["answered"] == 0:
             raise InputError(
                 f"nothing could be evaluated: {summary['skipped']} of {len(records)} questions skipped "
@@ -194,10 +200,10 @@ def cmd_eval(a):
             )
         print(format_summary(summary))
         print(f"summary: {os.path.join(a.out, 'summary.json')}", file=sys.stderr)
-        if summary["skipped"] or summary["uncertain"]:
+        if summary["skipped"] or summary["uncertain"] or summary["missing"]:
             print(
-                f"stormvl: warning: {summary['skipped']} questions skipped, {summary['uncertain']} answers uncertain "
-                "(see predictions.jsonl)",
+                f"stormvl: warning: {summary['skipped']} questions skipped, {summary['missing']} missing, "
+                f"{summary['uncertain']} answers uncertain (see predictions.jsonl)",
                 file=sys.stderr,
             )
     if world > 1:
@@ -263,8 +269,16 @@ def cmd_bench(a):
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's errors as one line, like every other user error (its usage text is in --help)."""
+
+    def error(self, message):
+        print(f"stormvl: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser():
-    p = argparse.ArgumentParser(prog="stormvl", description="STORM long-video question answering")
+    p = _Parser(prog="stormvl", description="STORM long-video question answering")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     s = sub.add_parser("answer", help="answer a question about a video")
@@ -318,20 +332,34 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    # Warnings (skipped frames, missing videos) are one line on stderr, like errors.
-    warnings.formatwarning = lambda message, *_, **__: f"stormvl: warning: {message}\n"
     try:
-        args.fn(args)
-    except StormError as e:
-        msg = str(e).splitlines()[0] if str(e) else e.__class__.__name__
-        print(f"stormvl: error: {msg}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("stormvl: interrupted", file=sys.stderr)
-        return 130
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a malformed command line (2, one line already printed)
+        return e.code if isinstance(e.code, int) else 2
+    # Warnings (skipped frames, missing videos) are one line on stderr, like errors; the settings
+    # last for this call only, so a caller's own warnings are left as they were.
+    formatwarning = warnings.formatwarning
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.formatwarning = lambda message, *_, **__: f"stormvl: warning: {message}\n"
+        try:
+            args.fn(args)
+        except StormError as e:
+            return _error(str(e).splitlines()[0] if str(e) else e.__class__.__name__)
+        except OSError as e:  # unreadable or unwritable files and folders the user named
+            where = f"{e.filename}: " if e.filename else ""
+            return _error(f"{where}{e.strerror or e}")
+        except KeyboardInterrupt:
+            print("stormvl: interrupted", file=sys.stderr)
+            return 130
+        finally:
+            warnings.formatwarning = formatwarning
     return 0
+
+
+def _error(message: str) -> int:
+    print(f"stormvl: error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

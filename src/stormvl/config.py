@@ -70,11 +70,11 @@ FIELDS: dict[str, Field] = {
     ),
     "mamba_state_size": Field(64, "temporal encoder", "fixed", "SSM state size n (per head for Mamba-2)."),
     "mamba_expand": Field(2, "temporal encoder", "fixed", "Inner width = expand * LLM width."),
-    "mamba_head_dim": Field(64, "temporal encoder", "fixed", "Channels per Mamba-2 head."),
+    "mamba_head_dim": Field(64, "temporal encoder", "fixed", "Channels per Mamba-2 head (Mamba-2 only)."),
     "mamba_dt_rank": Field(None, "temporal encoder", "fixed", "Mamba-1's dt projection rank; None: ceil(width / 16)."),
-    "mamba_n_groups": Field(1, "temporal encoder", "fixed", "Groups of B/C shared by consecutive heads."),
+    "mamba_n_groups": Field(1, "temporal encoder", "fixed", "Mamba-2 only: groups of B/C shared by heads."),
     "mamba_conv_kernel": Field(4, "temporal encoder", "fixed", "Width of the causal depthwise conv."),
-    "mamba_chunk_size": Field(64, "temporal encoder", "any", "Chunk length of the chunked scan; speed only."),
+    "mamba_chunk_size": Field(64, "temporal encoder", "any", "Mamba-2 only: chunk of the SSD scan; speed only."),
     # -- reduction ---------------------------------------------------------------------------------
     "temporal_pool": Field(1, "reduction", "training", "k_t: average every k_t consecutive encoded frames."),
     "spatial_pool": Field(1, "reduction", "training", "k_s: average k_s x k_s tokens of each frame's grid."),
@@ -226,8 +226,8 @@ StormConfig.__doc__ = f"""Configuration of a STORM model; every field, grouped:
 def check_field(name: str, v, where: str = "bad StormConfig") -> None:
     """One field's type and range, from its entry in FIELDS."""
     f = FIELDS[name]
-    if f.choices is not None:
-        ok, want = v in f.choices, f"one of {list(f.choices)}"
+    if f.choices is not None:  # True == 1 in Python: the type must match too
+        ok, want = v in f.choices and type(v) is type(f.choices[0]), f"one of {list(f.choices)}"
     elif isinstance(f.default, bool):
         ok, want = isinstance(v, bool), "true or false"
     elif isinstance(f.default, int):

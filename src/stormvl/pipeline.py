@@ -66,8 +66,12 @@ class StormPipeline:
         check_options(options)
         notes = self.processor.unknown_word_warnings(question, options)
         clip = video if isinstance(video, VideoClip) else self.load_clip(video, n, fps=fps, progress=progress)
+        notes += clip.notes
         if options and self.config.choice_mode == "likelihood":
             scores = self.option_scores(clip, question, options, temporal_sample)
+            if not torch.isfinite(scores).all():
+                notes.append("the model's option scores are not finite numbers: its weights are broken")
+                scores = torch.nan_to_num(scores, nan=-float("inf"))
             best = int(scores.argmax())
             tied = [i for i in range(len(options)) if abs(float(scores[i] - scores[best])) <= TIE_TOLERANCE]
             if len(tied) > 1:
@@ -132,15 +136,12 @@ class StormPipeline:
 
 def load(path: str | os.PathLike | None = None, device: str | None = None, dtype=None) -> StormPipeline:
     """Load a saved STORM model folder (the embedded default model when `path` is None)."""
-    from safetensors import SafetensorError
-
     path = check_model_folder(path if path is not None else DEFAULT_MODEL)
     target = resolve_device(device)
-    kw = {"use_safetensors": True, **({"dtype": dtype} if dtype else {})}
+    model = StormForConditionalGeneration.from_folder(path, **({"dtype": dtype} if dtype else {}))
     try:
-        model = StormForConditionalGeneration.from_pretrained(path, **kw)
         processor = StormProcessor.from_pretrained(path, model.config)
-    except (OSError, SafetensorError, json.JSONDecodeError) as e:  # files damaged or missing
+    except (OSError, ValueError, json.JSONDecodeError) as e:  # a damaged tokenizer file
         first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
-        raise ModelFolderError(f"{path}: cannot load the model ({first})") from None
+        raise ModelFolderError(f"{path}: cannot load the tokenizer ({first})") from None
     return StormPipeline(model.to(target), processor)

@@ -74,6 +74,9 @@ class VideoClip:
     timestamps: np.ndarray  # (N,) seconds from the start of the video
     indices: np.ndarray  # (N,) frame indices in the video
     info: VideoInfo
+    # What went wrong while decoding (cut-off file, skipped damaged data), also given as warnings:
+    # an answer built on this clip should say so.
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -220,9 +223,12 @@ def load_video(
     if not walk.frames:
         raise VideoError(f"{path}: no decodable video frames")
     skipped = walk.skipped + walk.cut_skipped
-    for message in walk.notes + ([_skipped_message(path, skipped)] if skipped else []):
+    notes = walk.notes + ([_skipped_message(path, skipped)] if skipped else [])
+    for message in notes:
         warnings.warn(message, stacklevel=2)
-    return _clip(plan, walk.frames, info)
+    clip = _clip(plan, walk.frames, info)
+    clip.notes = notes
+    return clip
 
 
 def _clip(plan: FramePlan, decoded: dict[int, np.ndarray], info: VideoInfo) -> VideoClip:

@@ -145,6 +145,9 @@ def test_a_crafted_pickle_in_a_checkpoint_is_refused(tmp_path, split, monkeypatc
     with pytest.raises(ModelFolderError, match="refusing to resume"):
         train(load_train_config(_config(tmp_path, split)), progress=False)
     assert not (tmp_path / "pwned").exists()
+    torch.save({"global_step": 2}, ckpt)  # loadable, but not a trainer state
+    with pytest.raises(ModelFolderError, match="not a stormvl trainer state"):
+        train(load_train_config(_config(tmp_path, split)), progress=False)
 
 
 def test_a_run_where_no_video_decodes_fails_instead_of_reporting_success(tmp_path, split, capsys):

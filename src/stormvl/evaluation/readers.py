@@ -107,7 +107,7 @@ def _mlvu_file(path: Path, rows) -> list[MCRecord]:
         if "candidates" in r:  # official release
             opts = [str(c) for c in _need(r, "candidates", path, i, list)]
             ans = _letter_of(_need(r, "answer", path, i), opts, path, i)
-            video = _need(r, "video", path, i)
+            video = _need(r, "video", path, i, str)
             q = _need(r, "question", path, i)
         else:  # lmms-eval copy: options inside the question text, answer letter
             video = _need(r, "video_name", path, i)
@@ -158,7 +158,7 @@ def read_longvideobench(path: Path) -> list[MCRecord]:
         if not opts:
             raise BenchmarkFormatError(f"{path}: record {i} has no 'option0'..'option4' or 'candidates'")
         idx = _need(r, "correct_choice", path, i)
-        if not isinstance(idx, int) or not 0 <= idx < len(opts):
+        if isinstance(idx, bool) or not isinstance(idx, int) or not 0 <= idx < len(opts):
             raise BenchmarkFormatError(f"{path}: record {i}: 'correct_choice' {idx!r} is out of range")
         out.append(
             MCRecord(
@@ -182,7 +182,7 @@ def _mvbench_file(path: Path, rows) -> list[MCRecord]:
         out.append(
             MCRecord(
                 id=f"{path.stem}-{i}",
-                video=str(Path(path.stem) / _need(r, "video", path, i)),
+                video=str(Path(path.stem) / _need(r, "video", path, i, str)),
                 question=_need(r, "question", path, i),
                 options=opts,
                 answer=_letter_of(_need(r, "answer", path, i), opts, path, i),
@@ -208,6 +208,8 @@ def read_synthetic(path: Path) -> list[MCRecord]:
 
 def _check_types(r: MCRecord, path, i) -> None:
     """Wrongly typed fields fail here, naming the record, not later inside the model."""
+    if not isinstance(r.task_type, str):
+        raise BenchmarkFormatError(f"{path}: record {i}: task type {r.task_type!r} must be a string")
     for name in ("id", "video", "question"):
         if not isinstance(getattr(r, name), str) or not getattr(r, name).strip():
             raise BenchmarkFormatError(f"{path}: record {i}: '{name}' must be a non-empty string")

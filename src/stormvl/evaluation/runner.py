@@ -16,21 +16,47 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..data.records import MCRecord
-from ..errors import StormError, VideoError
+from ..errors import InputError, StormError, VideoError
 
 PRED_SHARD = "predictions.rank{rank}.jsonl"
 
 
 def _done_ids(out: Path) -> set[str]:
+    """Questions answered by an earlier run. Skipped ones run again (their video may be there now);
+    `merge` keeps the last row per id."""
     done = set()
     for p in out.glob("predictions.rank*.jsonl"):
         with open(p) as f:
             for line in f:
                 try:
-                    done.add(json.loads(line)["id"])
-                except (json.JSONDecodeError, KeyError):
-                    pass  # a line cut off by an interruption: that sample runs again
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut off by an interruption: that sample runs again
+                if isinstance(row, dict) and row.get("status") == "ok" and "id" in row:
+                    done.add(row["id"])
     return done
+
+
+def check_resume(out_dir, settings: dict) -> None:
+    """An output folder holds the results of one setting: resuming with another model, frame count
+    or stride would mix their rows into one summary. The first run records its settings; later runs
+    must match them."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "run.json"
+    if path.exists():
+        try:
+            before = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            before = None
+        if before != settings:
+            changed = sorted(k for k in settings if not isinstance(before, dict) or before.get(k) != settings[k])
+            raise InputError(
+                f"{out}: holds results of another setting ({', '.join(changed) or 'run.json unreadable'} differ); "
+                "use a new --out folder"
+            )
+        return
+    _write_atomic(path, json.dumps(settings, indent=2) + "\n")
 
 
 def resolve_video(rec: MCRecord, video_root) -> str:
@@ -55,6 +81,8 @@ def evaluate(
     shard; `merge` combines the shards once every rank is done."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    for p in out.glob("predictions.rank*.jsonl"):  # before counting what is done
+        _drop_partial_line(p)
     done = _done_ids(out)
     mine = [r for i, r in enumerate(records) if i % world == rank and r.id not in done]
     frames = pipeline.config.num_frames if num_frames is None else num_frames
@@ -77,9 +105,7 @@ def evaluate(
         except VideoError as e:
             return None, str(e)
 
-    shard_path = out / PRED_SHARD.format(rank=rank)
-    _drop_partial_line(shard_path)
-    shard = open(shard_path, "a")
+    shard = open(out / PRED_SHARD.format(rank=rank), "a")
     with ThreadPoolExecutor(max_workers=max(1, prefetch)) as pool:
         futures = [pool.submit(decode, r) for r in mine[: prefetch + 1]]
         for k, rec in enumerate(mine):

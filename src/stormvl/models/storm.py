@@ -9,7 +9,7 @@ import torch.nn as nn
 from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
 
 from ..config import StormConfig
-from ..errors import InputError
+from ..errors import InputError, ModelFolderError, StormError
 from .temporal_encoder import TemporalEncoder
 from .token_reduction import reduce_tokens
 from .vision import Projector, pixel_shuffle
@@ -140,9 +140,13 @@ class StormForConditionalGeneration(StormPreTrainedModel):
             video_features = self.get_video_features(pixel_values_videos, temporal_sample)
         if torch.is_tensor(video_features):
             video_features = [video_features]
-        # One video per prompt row: check each row, so errors cannot cancel out across a batch.
-        have = mask.sum(1).tolist() if len(video_features) == len(input_ids) else [int(mask.sum())]
-        want = [f.shape[0] for f in video_features] if len(have) > 1 else [sum(f.shape[0] for f in video_features)]
+        # One video per prompt that has placeholders, in row order: check each row, so errors cannot
+        # cancel out across a batch (text-only rows take no video).
+        counts = mask.sum(1).tolist()
+        have = counts if len(video_features) == len(counts) else [c for c in counts if c]
+        want = [f.shape[0] for f in video_features]
+        if len(have) != len(want):
+            raise InputError(f"{len(have)} prompts have video tokens but {len(want)} videos were given")
         if have != want:
             raise InputError(
                 f"the prompt has {have} video tokens but the video gives {want}: build batches with "
@@ -173,6 +177,27 @@ class StormForConditionalGeneration(StormPreTrainedModel):
         kwargs.setdefault("pad_token_id", self.config.text_config.pad_token_id or self.config.text_config.eos_token_id)
         return self.language_model.generate(inputs_embeds=emb, attention_mask=attention_mask, **kwargs)
 
+    @classmethod
+    def from_folder(cls, path, **kwargs) -> StormForConditionalGeneration:
+        """`from_pretrained` on a saved STORM folder, safetensors only, where every weight must be
+        present and of the saved shape: a folder that does not fit the model is a ModelFolderError,
+        never a model answering from freshly initialised weights."""
+        from safetensors import SafetensorError
+
+        try:
+            model, info = cls.from_pretrained(path, use_safetensors=True, output_loading_info=True, **kwargs)
+        except (OSError, SafetensorError, RuntimeError, ValueError) as e:  # damaged or mismatched files
+            if isinstance(e, StormError):
+                raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+            raise ModelFolderError(f"{path}: cannot load the model ({first})") from None
+        for what in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+            keys = sorted(str(k) for k in info.get(what) or ())
+            if keys:
+                name = what.replace("_keys", "")
+                raise ModelFolderError(f"{path}: the weights do not fit the model ({len(keys)} {name}: {keys[:3]})")
+        return model
+
     # -- building from separately trained parts -------------------------------------------------
     @classmethod
     def from_parts(cls, vision_path, llm_path, tokenizer=None, **storm_kwargs):
@@ -185,10 +210,10 @@ class StormForConditionalGeneration(StormPreTrainedModel):
         if hasattr(vcfg, "vision_config"):
             from transformers import SiglipVisionModel
 
-            vision = SiglipVisionModel.from_pretrained(vision_path, local_files_only=True)
+            vision = SiglipVisionModel.from_pretrained(vision_path, local_files_only=True, use_safetensors=True)
         else:
-            vision = AutoModel.from_pretrained(vision_path, local_files_only=True)
-        lm = AutoModelForCausalLM.from_pretrained(llm_path, local_files_only=True)
+            vision = AutoModel.from_pretrained(vision_path, local_files_only=True, use_safetensors=True)
+        lm = AutoModelForCausalLM.from_pretrained(llm_path, local_files_only=True, use_safetensors=True)
         tok = tokenizer or AutoTokenizer.from_pretrained(llm_path, local_files_only=True)
         video_token = storm_kwargs.pop("video_token", "<video>")
         tok.add_special_tokens({"additional_special_tokens": [video_token]})

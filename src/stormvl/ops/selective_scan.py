@@ -116,7 +116,14 @@ def selective_scan_chunked(
     initial_state=None, chunk_size=256,
 ):  # fmt: skip
     """The same scan, `chunk_size` positions at a time (module docstring): the same arithmetic as
-    the reference, so it matches it to rounding in any dtype and over any length, with gradients."""
+    the reference, so it matches it to rounding over any length, with gradients. Computes in at
+    least float32 and returns u's dtype. (Under autograd each chunk keeps its decays and states
+    for the backward pass, so training memory grows with the length; inference memory does not.)"""
+    out_dtype = u.dtype
+    # The state accumulates in at least float32 (and in A's precision): bf16 sums drift.
+    cd = torch.promote_types(torch.promote_types(u.dtype, A.dtype), torch.float32)
+    u, delta, A, B, C = (t.to(cd) for t in (u, delta, A, B, C))
+    delta_bias = None if delta_bias is None else delta_bias.to(cd)
     dt, B, C = _prepare(u, delta, A, B, C, delta_bias, delta_softplus)
     b, d, l = u.shape
     g, n = B.shape[1], A.shape[1]
@@ -137,7 +144,8 @@ def selective_scan_chunked(
         hs_g = hs.unflatten(2, (g, d // g))  # (T, b, g, d/g, n)
         ys.append(torch.einsum("tbgen,bgnt->bget", hs_g, C[..., c0:c1]).flatten(1, 2))  # (b, d, T)
         h = hs[-1]
-    y = _finish(torch.cat(ys, dim=-1), u, D, z)  # (b, d, l)
+    y = _finish(torch.cat(ys, dim=-1), u, None if D is None else D.to(cd), None if z is None else z.to(cd))
+    y = y.to(out_dtype)  # (b, d, l)
     return (y, h) if return_last_state else y
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -83,8 +84,12 @@ class TrainConfig:
                     raise ConfigError(f"model.{name}: {folder} is not a local model folder (no config.json)")
         if self.model.init == "pretrained":
             check_model_folder(self.model.path)
-        if Path(self.output_dir).exists() and not Path(self.output_dir).is_dir():
-            raise ConfigError(f"output_dir: {self.output_dir} exists and is not a folder")
+        out = Path(self.output_dir)
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"output_dir: {out} exists and is not a folder")
+        existing = next(p for p in (out, *out.parents) if p.exists())
+        if not os.access(existing, os.W_OK):  # found now, not after the data is read and the model built
+            raise ConfigError(f"output_dir: {existing} is not writable")
         if self.strategy not in ("ddp", "fsdp"):
             raise ConfigError(f"strategy must be ddp or fsdp, not {self.strategy!r}")
         if self.dtype not in ("float32", "bfloat16"):

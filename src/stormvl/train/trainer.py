@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from ..data.dataset import VideoQADataset, read_training_samples
-from ..errors import DataFormatError, ModelFolderError
+from ..errors import ConfigError, DataFormatError, ModelFolderError
 from ..models.storm import StormForConditionalGeneration
 from ..processing import OPTION_LETTERS, StormProcessor, move_batch
 from .config import TrainConfig
@@ -52,7 +52,7 @@ def build_model(cfg: TrainConfig, samples):
         model = StormForConditionalGeneration(config)
         return model, StormProcessor(tok, config)
     if m.init == "pretrained":
-        model = StormForConditionalGeneration.from_pretrained(m.path, use_safetensors=True)
+        model = StormForConditionalGeneration.from_folder(m.path)
         model.config.with_overrides(storm, where="model.storm")
         return model, StormProcessor.from_pretrained(m.path, model.config)
     model, tok = StormForConditionalGeneration.from_parts(m.vision_path, m.llm_path, **storm)
@@ -65,10 +65,15 @@ def load_trainer_state(path: Path) -> dict:
     import pickle
 
     try:
-        return torch.load(path, weights_only=True)
+        state = torch.load(path, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
         raise ModelFolderError(f"{path}: not a loadable trainer state, refusing to resume from it ({first})") from None
+    need = {"optimizer", "scheduler", "stage", "stage_step", "global_step", "torch_rng"}
+    if not isinstance(state, dict) or not need <= set(state):
+        have = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise ModelFolderError(f"{path}: not a stormvl trainer state (has {have}); refusing to resume from it")
+    return state
 
 
 def _truncate_log(path: Path, global_step: int) -> None:
@@ -133,7 +138,7 @@ class Trainer:
         np.random.seed(cfg.seed)
         self.resume_from = latest_checkpoint(self.out)
         if self.resume_from is not None:
-            self.model = StormForConditionalGeneration.from_pretrained(self.resume_from, use_safetensors=True)
+            self.model = StormForConditionalGeneration.from_folder(self.resume_from)
             self.processor = StormProcessor.from_pretrained(self.resume_from, self.model.config)
         else:
             self.model, self.processor = build_model(cfg, [s for ss in self._samples.values() for s in ss])
@@ -316,6 +321,11 @@ class Trainer:
                 if self.world > 1:
                     dist.all_reduce(lv)
                     lv /= self.world
+                if not torch.isfinite(lv):  # every rank sees the reduced value, so all stop together
+                    raise ConfigError(
+                        f"stage {stage.name}, step {step}: the loss is {lv.item()} (training diverged: lower the "
+                        "learning rate, or check the data and the model folder); nothing was saved from this step"
+                    )
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{lv.item():.4f}", lr=f"{sched.get_last_lr()[0]:.2e}")
