@@ -81,3 +81,12 @@ def test_captions_describe_the_ground_truth(tmp_path):
             "recall": lambda: cap == f"the {t['first']} is shown first",
         }[rec.task_type]
         assert want(), (rec.task_type, cap, t)
+
+
+def test_rerun_with_other_settings_never_reuses_a_mismatched_clip(tmp_path):
+    from stormvl.video import probe
+
+    a = generate_split(tmp_path, 2, frames=8, seed=3, tasks=["direction"])
+    b = generate_split(tmp_path, 2, frames=16, seed=3, tasks=["count"])
+    assert {r.video for r in a}.isdisjoint({r.video for r in b})
+    assert all(probe(tmp_path / r.video).num_frames == 16 for r in b)

@@ -12,6 +12,7 @@ Everything is drawn from `random.Random(seed)`, so a split is reproducible from 
 
 from __future__ import annotations
 
+import hashlib
 import random
 from pathlib import Path
 
@@ -204,6 +205,7 @@ def generate_split(
     out = Path(out_dir)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
+    tag = hashlib.sha1(f"{frames}|{','.join(tasks)}".encode()).hexdigest()[:8]
     records = []
     it = range(num)
     if progress:
@@ -214,13 +216,16 @@ def generate_split(
         task = tasks[i % len(tasks)]
         f, q, opts, ans, truth = make_sample(rng, task, frames)
         vid = f"s{seed}_{i:06d}"
-        path = out / "videos" / f"{vid}.mp4"
+        # The file name holds everything the clip depends on (the seed, its position, and the frame
+        # count and task list that shape the random stream), so a rerun with other settings into
+        # the same folder never reuses a clip that does not match its question.
+        path = out / "videos" / f"{vid}_{tag}.mp4"
         if write_videos and not path.exists():
             write_video(path, f, fps=FPS)
         records.append(
             MCRecord(
                 id=vid,
-                video=f"videos/{vid}.mp4",
+                video=f"videos/{path.name}",
                 question=q,
                 options=opts,
                 answer=ans,
