@@ -182,3 +182,14 @@ def test_test_time_sampling_stays_out_of_training(tmp_path, split):
         2 * grid
     ] * len(per_row)  # a stage that asks for a stride gets it
     assert t.model.config.temporal_sample == 2  # and answering still uses the saved stride
+
+
+def test_resuming_under_a_changed_config_is_refused(tmp_path, split):
+    from stormvl.errors import ConfigError
+
+    stages = [{"name": "sft", "steps": 4, "lr": 1e-3}]
+    train(load_train_config(_config(tmp_path, split, stages=stages)), progress=False, stop_after=2)
+    changed = [{"name": "sft", "steps": 4, "lr": 5e-3}]
+    with pytest.raises(ConfigError, match=r"holds a run with another config \(stages differ\)"):
+        train(load_train_config(_config(tmp_path, split, stages=changed)), progress=False)
+    assert train(load_train_config(_config(tmp_path, split, stages=stages)), progress=False) is not None

@@ -7,6 +7,7 @@ batches the interrupted one would have, with no data-loader state to save.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -28,6 +29,7 @@ from ..processing import OPTION_LETTERS, StormProcessor, move_batch
 from .config import TrainConfig
 
 CKPT_DIR = "checkpoints"
+RUN_CONFIG = "train_config.json"  # the config a run started with
 STATE_FILE = "trainer_state.pt"
 
 
@@ -137,6 +139,7 @@ class Trainer:
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         self.resume_from = latest_checkpoint(self.out)
+        self._check_same_run()
         if self.resume_from is not None:
             self.model = StormForConditionalGeneration.from_folder(self.resume_from)
             self.processor = StormProcessor.from_pretrained(self.resume_from, self.model.config)
@@ -145,6 +148,26 @@ class Trainer:
         self.model.to(self.device)
         self.datasets: dict[tuple, VideoQADataset] = {}
         self._frame_cache: dict = {}
+
+    def _check_same_run(self):
+        """An output folder holds one run: resuming it under a changed config (other data, model or
+        stages) would silently continue the old run. The first start records its config."""
+        cfg = dataclasses.asdict(self.cfg)
+        cfg.pop("output_dir")
+        path = self.out / RUN_CONFIG
+        if path.exists():
+            before = json.loads(path.read_text())
+            changed = sorted(k for k in set(cfg) | set(before) if cfg.get(k) != before.get(k))
+            if changed:
+                raise ConfigError(
+                    f"{self.out}: holds a run with another config ({', '.join(changed)} differ); "
+                    "use a new output_dir, or remove it to start over"
+                )
+        elif self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps(cfg, indent=2) + "\n")
+            os.replace(tmp, path)
 
     # -- data ----------------------------------------------------------------------------------
     def _files(self, stage) -> tuple:
