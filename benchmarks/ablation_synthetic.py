@@ -36,10 +36,10 @@ VARIANTS = {
 }
 LABELS = {
     "b1": "(b) with Mamba-1 (S6) instead of Mamba-2",
-    "a": "(a) no encoder + T.pool 4x",
-    "b": "(b) STORM + T.pool 4x",
-    "c": "(c) no encoder, no pooling",
-    "d": "(d) STORM + T.pool 4x + T.sample 2x on 2x frames",
+    "a": "(a) no encoder, T.pool 4x + S.pool 2x2",
+    "b": "(b) STORM, T.pool 4x + S.pool 2x2",
+    "c": "(c) no encoder, S.pool 2x2 only",
+    "d": "(d) STORM, T.pool 4x + S.pool 2x2 + T.sample 2x on 2x frames",
     "d1": "control: (b) on 2x frames, no sampling",
     "d2": "control: (b) decoding 1x frames of the 2x clips",
 }
