@@ -20,6 +20,12 @@ def _moving_clip(path, direction, color="green", shape="circle"):
     return path
 
 
+def _eval_argv(annotations, out, *extra):
+    """`stormvl eval` on a synthetic split, quietly."""
+    return ["eval", "--benchmark", "synthetic", "--annotations", str(annotations), "--out", str(out), "--no-progress",
+            *extra]  # fmt: skip
+
+
 def _tokens(frames, sample=None):
     from stormvl import StormConfig
     from stormvl.pipeline import DEFAULT_MODEL
@@ -57,21 +63,7 @@ def test_answer_with_embedded_model(tmp_path, capsys, direction):
 def test_embedded_model_answers_fresh_synthetic_questions(tmp_path, capsys):
     # A seed used neither for training (1000) nor for the held-out report (4242).
     generate_split(tmp_path / "split", 20, frames=16, seed=777)
-    assert (
-        main(
-            [
-                "eval",
-                "--benchmark",
-                "synthetic",
-                "--annotations",
-                str(tmp_path / "split" / "annotations.jsonl"),
-                "--out",
-                str(tmp_path / "o"),
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert main(_eval_argv(str(tmp_path / "split" / "annotations.jsonl"), str(tmp_path / "o"))) == 0
     s = json.load(open(tmp_path / "o" / "summary.json"))
     assert s["answered"] == 20 and s["settings"]["choice_mode"] == "likelihood"
     assert s["overall"] >= 80, s["per_task"]
@@ -131,27 +123,11 @@ def test_eval_resume_and_two_process_merge(tmp_path):
     generate_split(tmp_path / "split", 10, frames=16, seed=99)
     ann = str(tmp_path / "split" / "annotations.jsonl")
     out1 = tmp_path / "one"
-    assert (
-        main(
-            [
-                "eval",
-                "--benchmark",
-                "synthetic",
-                "--annotations",
-                ann,
-                "--out",
-                str(out1),
-                "--no-progress",
-                "--limit",
-                "6",
-            ]
-        )
-        == 0
-    )
+    assert main(_eval_argv(ann, str(out1), "--limit", "6")) == 0
     assert len(open(out1 / "predictions.jsonl").readlines()) == 6
     # Resume: the rerun answers only the 4 new questions and keeps the 6 done ones.
     before = open(out1 / "predictions.rank0.jsonl").read()
-    assert main(["eval", "--benchmark", "synthetic", "--annotations", ann, "--out", str(out1), "--no-progress"]) == 0
+    assert main(_eval_argv(ann, str(out1))) == 0
     after = open(out1 / "predictions.rank0.jsonl").read()
     assert after.startswith(before) and len(after.splitlines()) == 10
     s1 = json.load(open(out1 / "summary.json"))
@@ -166,14 +142,7 @@ def test_eval_resume_and_two_process_merge(tmp_path):
             "--master_port=29533",
             "-m",
             "stormvl.cli",
-            "eval",
-            "--benchmark",
-            "synthetic",
-            "--annotations",
-            ann,
-            "--out",
-            str(out2),
-            "--no-progress",
+            *_eval_argv(ann, str(out2)),
         ],
         capture_output=True,
         text=True,
@@ -192,21 +161,7 @@ def test_eval_resume_and_two_process_merge(tmp_path):
 def test_eval_skips_missing_videos(tmp_path):
     generate_split(tmp_path / "split", 3, frames=16, seed=98)
     os.remove(next((tmp_path / "split" / "videos").glob("s98_000001_*.mp4")))
-    assert (
-        main(
-            [
-                "eval",
-                "--benchmark",
-                "synthetic",
-                "--annotations",
-                str(tmp_path / "split" / "annotations.jsonl"),
-                "--out",
-                str(tmp_path / "o"),
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert main(_eval_argv(str(tmp_path / "split" / "annotations.jsonl"), str(tmp_path / "o"))) == 0
     s = json.load(open(tmp_path / "o" / "summary.json"))
     assert s["answered"] == 2 and s["skipped"] == 1
 

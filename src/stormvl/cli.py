@@ -13,7 +13,7 @@ import os
 import sys
 import warnings
 
-from .errors import InputError, StormError
+from .errors import InputError, StormError, first_line
 
 
 def _quiet_transformers():
@@ -345,7 +345,7 @@ def main(argv=None):
         try:
             args.fn(args)
         except StormError as e:
-            return _error(str(e).splitlines()[0] if str(e) else e.__class__.__name__)
+            return _error(first_line(e))
         except OSError as e:  # unreadable or unwritable files and folders the user named
             where = f"{e.filename}: " if e.filename else ""
             return _error(f"{where}{e.strerror or e}")

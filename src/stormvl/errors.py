@@ -13,6 +13,7 @@ from __future__ import annotations
 
 __all__ = [
     "StormError",
+    "first_line",
     "InputError",
     "MissingFileError",
     "VideoError",
@@ -25,6 +26,13 @@ __all__ = [
 
 class StormError(Exception):
     """Root of every error a user can cause."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (or its class name): what a one-line error quotes
+    of a library's longer report."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else e.__class__.__name__
 
 
 class InputError(StormError, ValueError):

@@ -11,7 +11,7 @@ import torch
 
 from .config import StormConfig
 from .device import resolve_device
-from .errors import ModelFolderError
+from .errors import ModelFolderError, first_line
 from .model_folder import check_model_folder
 from .models.storm import StormForConditionalGeneration
 from .processing import OPTION_LETTERS, StormProcessor, check_options, move_batch, parse_letter
@@ -62,10 +62,9 @@ class StormPipeline:
         max_new_tokens: int = 32,
         progress: bool = False,
     ) -> Answer:
-        n = self.config.num_frames if num_frames is None else num_frames
         check_options(options)
         notes = self.processor.unknown_word_warnings(question, options)
-        clip = video if isinstance(video, VideoClip) else self.load_clip(video, n, fps=fps, progress=progress)
+        clip = video if isinstance(video, VideoClip) else self.load_clip(video, num_frames, fps=fps, progress=progress)
         notes += clip.notes
         if options and self.config.choice_mode == "likelihood":
             scores = self.option_scores(clip, question, options, temporal_sample)
@@ -142,6 +141,5 @@ def load(path: str | os.PathLike | None = None, device: str | None = None, dtype
     try:
         processor = StormProcessor.from_pretrained(path, model.config)
     except (OSError, ValueError, json.JSONDecodeError) as e:  # a damaged tokenizer file
-        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
-        raise ModelFolderError(f"{path}: cannot load the tokenizer ({first})") from None
+        raise ModelFolderError(f"{path}: cannot load the tokenizer ({first_line(e)})") from None
     return StormPipeline(model.to(target), processor)

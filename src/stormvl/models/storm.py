@@ -9,7 +9,7 @@ import torch.nn as nn
 from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
 
 from ..config import StormConfig
-from ..errors import InputError, ModelFolderError, StormError
+from ..errors import InputError, ModelFolderError, StormError, first_line
 from .temporal_encoder import TemporalEncoder
 from .token_reduction import reduce_tokens
 from .vision import Projector, pixel_shuffle
@@ -186,11 +186,10 @@ class StormForConditionalGeneration(StormPreTrainedModel):
 
         try:
             model, info = cls.from_pretrained(path, use_safetensors=True, output_loading_info=True, **kwargs)
+        except StormError:  # a bad config.json value, already a one-line error
+            raise
         except (OSError, SafetensorError, RuntimeError, ValueError) as e:  # damaged or mismatched files
-            if isinstance(e, StormError):
-                raise
-            first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
-            raise ModelFolderError(f"{path}: cannot load the model ({first})") from None
+            raise ModelFolderError(f"{path}: cannot load the model ({first_line(e)})") from None
         for what in ("missing_keys", "unexpected_keys", "mismatched_keys"):
             keys = sorted(str(k) for k in info.get(what) or ())
             if keys:

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from ..data.dataset import VideoQADataset, read_training_samples
-from ..errors import ConfigError, DataFormatError, ModelFolderError
+from ..errors import ConfigError, DataFormatError, ModelFolderError, first_line
 from ..models.storm import StormForConditionalGeneration
 from ..processing import OPTION_LETTERS, StormProcessor, move_batch
 from .config import TrainConfig
@@ -69,8 +69,9 @@ def load_trainer_state(path: Path) -> dict:
     try:
         state = torch.load(path, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
-        raise ModelFolderError(f"{path}: not a loadable trainer state, refusing to resume from it ({first})") from None
+        raise ModelFolderError(
+            f"{path}: not a loadable trainer state, refusing to resume from it ({first_line(e)})"
+        ) from None
     need = {"optimizer", "scheduler", "stage", "stage_step", "global_step", "torch_rng"}
     if not isinstance(state, dict) or not need <= set(state):
         have = sorted(state) if isinstance(state, dict) else type(state).__name__
