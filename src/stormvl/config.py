@@ -68,6 +68,14 @@ FIELDS: dict[str, Field] = {
         "1: Mamba-1 (S6), the block the paper names; 2: Mamba-2 (SSD), whose scan is matmul-bound.",
         (1, 2),
     ),
+    "temporal_mixer": Field(
+        "mamba",
+        "temporal encoder",
+        "fixed",
+        "'mamba' (STORM); 'token_mlp' is the ablation's control: per-token MLPs with the Mamba layers' "
+        "parameter count, mixing nothing across tokens.",
+        ("mamba", "token_mlp"),
+    ),
     "mamba_state_size": Field(64, "temporal encoder", "fixed", "SSM state size n (per head for Mamba-2)."),
     "mamba_expand": Field(2, "temporal encoder", "fixed", "Inner width = expand * LLM width."),
     "mamba_head_dim": Field(64, "temporal encoder", "fixed", "Channels per Mamba-2 head (Mamba-2 only)."),

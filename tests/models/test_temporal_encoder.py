@@ -62,3 +62,32 @@ def test_streaming_clips_equal_one_pass(version):
     assert torch.allclose(torch.cat([a, b, c], 1), whole, atol=1e-12)
     with pytest.raises(ValueError, match="uni-directional"):
         _encoder(True)(x, return_state=True)
+
+
+@VERSIONS
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_token_mlp_control_matches_capacity_and_mixes_nothing(version, bidirectional):
+    kw = dict(bidirectional=bidirectional, state_size=8, head_dim=8, version=version)
+    mamba = TemporalEncoder(16, 2, **kw)
+    control = TemporalEncoder(16, 2, mixer="token_mlp", **kw).double()
+    n_mamba = sum(p.numel() for p in mamba.parameters())
+    n_control = sum(p.numel() for p in control.parameters())
+    # Within one hidden unit's worth of parameters (2d + 1 per layer).
+    assert abs(n_control - n_mamba) <= 2 * (2 * 16 + 1)
+    # Changing one token changes that token's output only: no mixing across tokens or frames.
+    x = torch.randn(1, 3, 4, 16, dtype=torch.float64)
+    x2 = x.clone()
+    x2[0, 1, 2] += 1.0
+    changed = (control(x) - control(x2)).abs().sum(-1) > 0
+    expected = torch.zeros(1, 3, 4, dtype=torch.bool)
+    expected[0, 1, 2] = True
+    assert torch.equal(changed, expected)
+    with pytest.raises(ValueError, match="no scan state" if not bidirectional else "uni-directional"):
+        control(x, return_state=True)
+
+
+def test_token_mlp_control_starts_as_identity_in_the_model(tiny_model):
+    model, _ = tiny_model(temporal_mixer="token_mlp")
+    x = torch.randn(1, 2, 4, model.config.text_config.hidden_size)
+    assert torch.equal(model.temporal_encoder(x), x)
+    assert model.temporal_encoder.layers[0].forward_mixer.in_proj.out_features > 1

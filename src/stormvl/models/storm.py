@@ -53,6 +53,7 @@ class StormForConditionalGeneration(StormPreTrainedModel):
                 chunk_size=config.mamba_chunk_size,
                 version=config.mamba_version,
                 dt_rank=config.mamba_dt_rank,
+                mixer=config.temporal_mixer,
             )
             # Zero the residual branches' output so a fresh encoder starts as the identity: STORM
             # begins exactly where the baseline is and learns the temporal mixing on top.
@@ -60,6 +61,8 @@ class StormForConditionalGeneration(StormPreTrainedModel):
                 for mixer in (layer.forward_mixer, getattr(layer, "backward_mixer", None)):
                     if mixer is not None:
                         nn.init.zeros_(mixer.out_proj.weight)
+                        if mixer.out_proj.bias is not None:
+                            nn.init.zeros_(mixer.out_proj.bias)
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         self.post_init()
 

@@ -41,6 +41,41 @@ class TemporalEncoderLayer(nn.Module):
         return x + mixed
 
 
+class TokenMLP(nn.Module):
+    """in_proj -> GELU -> out_proj on each token alone."""
+
+    def __init__(self, d_model: int, hidden: int):
+        super().__init__()
+        self.in_proj = nn.Linear(d_model, hidden)
+        self.out_proj = nn.Linear(hidden, d_model)
+
+    def forward(self, x):
+        return self.out_proj(nn.functional.gelu(self.in_proj(x)))
+
+
+class TokenMLPLayer(nn.Module):
+    """The ablation's capacity-matched control for a temporal encoder layer: the same pre-norm
+    residual form and, by choice of `hidden`, the same parameter count, but every token is
+    transformed alone, so nothing moves between tokens or frames. What STORM gains over this
+    control is the temporal mixing, not the extra layers."""
+
+    def __init__(self, d_model: int, hidden: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(d_model)
+        self.forward_mixer = TokenMLP(d_model, hidden)
+
+    def forward(self, x, state=None, return_state: bool = False):
+        if state is not None or return_state:
+            raise ValueError("the token_mlp control has no scan state to stream")
+        return x + self.forward_mixer(self.norm(x))
+
+
+def matched_mlp_hidden(mamba_layer_params: int, d_model: int) -> int:
+    """Hidden width h with LayerNorm (2d) + Linear(d, h) + Linear(h, d) as close as possible to
+    `mamba_layer_params`: 2d + (d + 1)h + (h + 1)d = p."""
+    return max(1, round((mamba_layer_params - 3 * d_model) / (2 * d_model + 1)))
+
+
 class TemporalEncoder(nn.Module):
     """Input and output (B, T, N, D): T frames of N = h*w tokens in row-major order."""
 
@@ -60,25 +95,36 @@ class TemporalEncoder(nn.Module):
         scan_impl: str = "auto",
         version: int = 2,
         dt_rank: int | None = None,
+        mixer: str = "mamba",
     ):
         super().__init__()
         if merge not in ("add", "concat"):
             raise ValueError(f"temporal encoder merge must be 'add' or 'concat', got {merge!r}")
         if num_layers < 1:
             raise ValueError("temporal encoder needs at least one layer")
+        if mixer not in ("mamba", "token_mlp"):
+            raise ValueError(f"temporal mixer must be 'mamba' or 'token_mlp', got {mixer!r}")
         if version not in (1, 2):
             raise ValueError(f"mamba version must be 1 or 2, got {version!r}")
-        mixer = dict(
+        mamba = dict(
             state_size=state_size, expand=expand, conv_kernel=conv_kernel, scan_impl=scan_impl, version=version
         )
         if version == 2:  # heads, groups and the SSD chunk are Mamba-2's; dt_rank is Mamba-1's
-            mixer.update(head_dim=head_dim, n_groups=n_groups, chunk_size=chunk_size)
+            mamba.update(head_dim=head_dim, n_groups=n_groups, chunk_size=chunk_size)
         else:
-            mixer.update(dt_rank=dt_rank)
+            mamba.update(dt_rank=dt_rank)
         self.bidirectional = bidirectional
-        self.layers = nn.ModuleList(
-            TemporalEncoderLayer(d_model, bidirectional=bidirectional, merge=merge, **mixer) for _ in range(num_layers)
-        )
+
+        def mamba_layer():
+            return TemporalEncoderLayer(d_model, bidirectional=bidirectional, merge=merge, **mamba)
+
+        if mixer == "token_mlp":
+            with torch.device("meta"):  # only to count the parameters to match
+                params = sum(p.numel() for p in mamba_layer().parameters())
+            hidden = matched_mlp_hidden(params, d_model)
+            self.layers = nn.ModuleList(TokenMLPLayer(d_model, hidden) for _ in range(num_layers))
+        else:
+            self.layers = nn.ModuleList(mamba_layer() for _ in range(num_layers))
 
     def forward(self, x: torch.Tensor, state: list[MambaState] | None = None, return_state: bool = False):
         """`state`/`return_state` stream a uni-directional encoder: the state returned for one clip,
