@@ -28,3 +28,116 @@ def test_option_ranking_matches_separate_forward_passes(tiny_model):
     ans = pipe.answer(clip, "what happens ?", options)
     best = int(torch.stack(ref).argmax())
     assert ans.letter == "ABCD"[best] and ans.text == f"{'ABCD'[best]}. {options[best]}"
+
+
+def test_greedy_decode_equals_transformers_generate_alone_and_batched(tiny_model):
+    """One decoding loop serves answer, answer_batch, chats and the server: alone it gives what
+    transformers' generate gives, and a row gives the same tokens whatever it is batched with
+    (rows of different lengths are left-padded)."""
+    from stormvl.generation import greedy_decode
+
+    model, proc = tiny_model()
+    model.double()
+    lm = model.language_model
+    emb = lm.get_input_embeddings()
+    torch.manual_seed(0)
+    prompts = [torch.randint(5, 40, (n,)) for n in (7, 3, 11)]
+    embeds = [emb(p) for p in prompts]
+    alone = [greedy_decode(lm, [e], 6, stop_ids=set())[0] for e in embeds]
+    for p, toks in zip(prompts, alone):
+        ref = lm.generate(inputs_embeds=emb(p)[None], max_new_tokens=6, min_new_tokens=6, do_sample=False)
+        assert toks == ref[0].tolist()
+    assert greedy_decode(lm, embeds, 6, stop_ids=set()) == alone
+    # A stop id ends its row only; a cancelled row ends at once.
+    stop = alone[0][2]
+    cut = greedy_decode(lm, embeds, 6, stop_ids={stop}, cancelled=lambda row: row == 2)
+    assert cut[0] == alone[0][: alone[0].index(stop)]
+    assert cut[2] == []
+
+
+def test_text_stream_pieces_join_to_the_final_text():
+    from stormvl.generation import TextStream
+
+    words = {1: " the", 2: " red ", 3: "square", 4: " ", 5: "moves"}
+    stream = TextStream(lambda ids: "".join(words[i] for i in ids).strip())
+    ids, pieces = [], []
+    for t in [1, 2, 3, 4, 5, 4]:
+        ids.append(t)
+        pieces.append(stream.push(ids))
+    pieces.append(stream.finish(ids))
+    assert "".join(pieces) == "the red square moves"
+    assert not any(p.endswith(" ") for p in pieces[:-1])  # whitespace waits for what follows
+
+
+def _three_clips(tmp_path):
+    import random
+
+    from stormvl.data.synthetic import make_sample
+    from stormvl.video import write_video
+
+    paths = []
+    for i, task in enumerate(["direction", "count", "order"]):
+        frames, *_ = make_sample(random.Random(i), task, 16)
+        paths.append(tmp_path / f"clip{i}.mp4")
+        write_video(paths[-1], frames, fps=8)
+    return paths
+
+
+def test_answer_batch_equals_one_at_a_time(tmp_path):
+    """8 questions over 3 clips, multiple choice and open: the batch gives exactly the answers of
+    one call each, and decodes each clip once."""
+    from unittest import mock
+
+    import stormvl
+    from stormvl import pipeline as pipeline_module
+
+    pipe = stormvl.load()
+    clips = _three_clips(tmp_path)
+    direction = ["left", "right", "up", "down"]
+    items = [
+        (clips[0], "Which direction does the red square move?", direction),
+        (clips[1], "How many times does the blue circle flash?", ["one", "two", "three", "four"]),
+        (clips[2], "What happens in the video?"),
+        (clips[0], "What happens in the video?"),
+        (clips[1], "Which direction does the red square move?", direction),
+        (clips[2], "Which shape is shown first?", ["red square", "blue circle", "green triangle", "red circle"]),
+        (clips[0], "How many times does the blue circle flash?"),
+        (clips[2], "Which direction does the red square move?", direction),
+    ]
+    one_by_one = [pipe.answer(*it) for it in items]
+    with mock.patch.object(pipeline_module, "load_video", wraps=pipeline_module.load_video) as decode:
+        batched = pipe.answer_batch(items, batch_size=8)
+    assert decode.call_count == 3
+    assert [a.text for a in batched] == [a.text for a in one_by_one]
+    assert [a.letter for a in batched] == [a.letter for a in one_by_one]
+    assert [a.visual_tokens for a in batched] == [a.visual_tokens for a in one_by_one]
+    assert [a.text for a in pipe.answer_batch(items, batch_size=3)] == [a.text for a in one_by_one]
+    assert any(a.completion_tokens > 0 for a in batched)  # the open questions were generated
+
+
+def test_chat_follow_up_encodes_nothing_and_equals_a_fresh_session(tmp_path, monkeypatch):
+    import stormvl
+    from stormvl.pipeline import Request
+
+    pipe = stormvl.load()
+    clip = _three_clips(tmp_path)[0]
+    calls = []
+    pipe.model.vision_tower.register_forward_hook(lambda *a: calls.append(1))
+    chat = pipe.chat(clip)
+    assert len(calls) == 1
+    first = chat.ask("What happens in the video?")
+    streamed = []
+    second = chat.ask("Which direction does the red square move?", ["left", "right", "up", "down"])
+    third = chat.ask("How many times does the blue circle flash?", on_text=streamed.append)
+    assert len(calls) == 1  # neither question ran the vision tower
+    assert "".join(streamed) == third.text
+    # The same conversation, encoded afresh and asked in one go, gives the same replies.
+    fresh = pipe.chat(clip)
+    assert fresh.ask("What happens in the video?").text == first.text
+    history = tuple(chat.history[:2])
+    again = pipe.respond([Request(fresh.video, "How many times does the blue circle flash?", history=history)])[0]
+    assert again.text == third.text
+    assert second.letter in "ABCD"
+    # The follow-up's prompt carries the earlier turns and still one video.
+    prompt = pipe.processor.prompt_text("q ?", history=history)
+    assert prompt.count("<video>") == 1 and first.text in prompt

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,10 +12,11 @@ import torch
 
 from .config import StormConfig
 from .device import resolve_device
-from .errors import ModelFolderError, first_line
+from .errors import InputError, ModelFolderError, first_line
+from .generation import TextStream, eos_ids, greedy_decode
 from .model_folder import check_model_folder
 from .models.storm import StormForConditionalGeneration
-from .processing import OPTION_LETTERS, StormProcessor, check_options, move_batch, parse_letter
+from .processing import OPTION_LETTERS, StormProcessor, check_options, format_mc_question, move_batch, parse_letter
 from .video import VideoClip, load_video
 
 DEFAULT_MODEL = Path(__file__).parent / "default_model"
@@ -34,10 +36,36 @@ class Answer:
     # Why the answer should not be trusted (unknown words, options the model cannot tell apart);
     # empty when there is no such reason.
     warnings: list[str] = field(default_factory=list)
+    prompt_tokens: int = 0  # the LLM's input, visual tokens included
+    completion_tokens: int = 0  # tokens generated (0 when options are ranked by likelihood)
 
     @property
     def uncertain(self) -> bool:
         return bool(self.warnings)
+
+
+@dataclass
+class EncodedVideo:
+    """A clip after the vision tower, temporal encoder and token reduction: what a chat keeps so
+    that follow-up questions never encode the video again."""
+
+    features: torch.Tensor  # (visual tokens, D) at the LLM width
+    num_frames: int
+    timestamps: list[float]
+    temporal_sample: int
+    notes: list[str] = field(default_factory=list)  # decoding problems, repeated on every answer
+
+
+@dataclass
+class Request:
+    """One question about an encoded video; `history` holds the chat's earlier (question, reply)
+    turns, oldest first."""
+
+    video: EncodedVideo
+    question: str
+    options: list[str] | None = None
+    history: tuple = ()
+    max_new_tokens: int = 32
 
 
 class StormPipeline:
@@ -45,6 +73,7 @@ class StormPipeline:
         self.model = model.eval()
         self.processor = processor
         self.config: StormConfig = model.config
+        self.stop_ids = eos_ids(model, processor.tokenizer)
 
     @property
     def device(self):
@@ -61,43 +90,61 @@ class StormPipeline:
         temporal_sample: int | None = None,
         max_new_tokens: int = 32,
         progress: bool = False,
+        on_text=None,
     ) -> Answer:
+        """`on_text(piece)` receives the reply as it is generated (pieces join to `Answer.text`)."""
         check_options(options)
-        notes = self.processor.unknown_word_warnings(question, options)
         clip = video if isinstance(video, VideoClip) else self.load_clip(video, num_frames, fps=fps, progress=progress)
-        notes += clip.notes
-        if options and self.config.choice_mode == "likelihood":
-            scores = self.option_scores(clip, question, options, temporal_sample)
-            if not torch.isfinite(scores).all():
-                notes.append("the model's option scores are not finite numbers: its weights are broken")
-                scores = torch.nan_to_num(scores, nan=-float("inf"))
-            best = int(scores.argmax())
-            tied = [i for i in range(len(options)) if abs(float(scores[i] - scores[best])) <= TIE_TOLERANCE]
-            if len(tied) > 1:
-                names = ", ".join(OPTION_LETTERS[i] for i in tied)
-                notes.append(
-                    f"options {names} are indistinguishable to the model (equal scores); {OPTION_LETTERS[best]} "
-                    "was picked only because it comes first"
-                )
-            letter = OPTION_LETTERS[best]
-            text = f"{letter}. {options[best]}"
-        else:
-            batch = self.processor(
-                [clip.frames], [self.processor.prompt_text(question, options)], temporal_sample=temporal_sample
-            )
-            out = self.model.generate(**move_batch(batch, self.device), max_new_tokens=max_new_tokens, do_sample=False)
-            text = self.processor.decode(out[0])
-            letter = parse_letter(text, len(options)) if options else None
-            if options and letter is None:
-                notes.append(f"the reply {text!r} names none of the options")
-        return Answer(
-            text=text,
-            letter=letter,
-            num_frames=len(clip.frames),
-            visual_tokens=self.config.tokens_per_video(len(clip.frames), temporal_sample),
-            timestamps=[round(float(t), 3) for t in clip.timestamps],
-            warnings=notes,
-        )
+        encoded = self.encode([clip], temporal_sample)[0]
+        stream = None if on_text is None else lambda _row, piece: on_text(piece)
+        return self.respond([Request(encoded, question, options, max_new_tokens=max_new_tokens)], on_text=stream)[0]
+
+    def answer_batch(
+        self,
+        items,
+        *,
+        batch_size: int = 8,
+        num_frames: int | None = None,
+        fps: float | None = None,
+        temporal_sample: int | None = None,
+        max_new_tokens: int = 32,
+        progress: bool = False,
+    ) -> list[Answer]:
+        """Answers to `(video, question)` or `(video, question, options)` items, equal to asking
+        them one at a time: each distinct video is decoded and encoded once, and up to
+        `batch_size` questions share one pass of the LLM."""
+        items = [tuple(it) + (None,) * (3 - len(tuple(it))) for it in items]
+        for _, _, options in items:
+            check_options(options)
+        if batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(items), desc="answer", unit="q", dynamic_ncols=True)
+        answers: list[Answer] = []
+        encoded: dict = {}  # video key -> EncodedVideo, for the videos of the current batch
+        for start in range(0, len(items), batch_size):
+            chunk = items[start : start + batch_size]
+            keys = [_video_key(v) for v, _, _ in chunk]
+            new = {k: v for k, (v, _, _) in zip(keys, chunk) if k not in encoded}
+            clips = [v if isinstance(v, VideoClip) else self.load_clip(v, num_frames, fps=fps) for v in new.values()]
+            encoded = {k: encoded[k] for k in keys if k in encoded}  # only what this batch reuses
+            encoded.update(zip(new, self.encode(clips, temporal_sample)))
+            requests = [Request(encoded[k], q, o, max_new_tokens=max_new_tokens) for k, (_, q, o) in zip(keys, chunk)]
+            answers += self.respond(requests)
+            if bar is not None:
+                bar.update(len(chunk))
+        if bar is not None:
+            bar.close()
+        return answers
+
+    def chat(self, video, *, num_frames: int | None = None, fps: float | None = None, temporal_sample=None):
+        """A conversation about one video: the video is decoded and encoded here, once; every
+        `ask` reuses its tokens and sends the earlier turns along."""
+        clip = video if isinstance(video, VideoClip) else self.load_clip(video, num_frames, fps=fps)
+        return ChatSession(self, self.encode([clip], temporal_sample)[0])
 
     def load_clip(self, video, num_frames: int | None = None, *, fps: float | None = None, progress: bool = False):
         """Decode `num_frames` frames (the model's count when None), scaled in the decoder to the
@@ -107,20 +154,132 @@ class StormPipeline:
         return load_video(video, n, fps=fps, max_frames=n, progress=progress, size=size)
 
     @torch.no_grad()
+    def encode(self, clips: list[VideoClip], temporal_sample: int | None = None) -> list[EncodedVideo]:
+        """Decoded clips -> their reduced visual tokens; clips of equal length share one call."""
+        s = self.config.temporal_sample if temporal_sample is None else temporal_sample
+        if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1:
+            raise InputError(f"temporal_sample must be an integer >= 1, got {s!r}")
+        if not clips:
+            return []
+        pixel = [self.processor.preprocess(c.frames).to(self.device) for c in clips]  # (T_i, 3, S, S) each
+        feats = self.model.get_video_features(pixel, s)
+        return [
+            EncodedVideo(f, len(c.frames), [round(float(t), 3) for t in c.timestamps], s, list(c.notes))
+            for f, c in zip(feats, clips)
+        ]
+
+    @torch.no_grad()
+    def respond(self, requests: list[Request], on_text=None, cancelled=None) -> list[Answer]:
+        """Answers to questions about already encoded videos. Multiple-choice questions of a
+        likelihood model rank their options (one LLM pass each); the others are decoded together.
+        `on_text(i, piece)` streams request i's reply; `cancelled(i)` true stops request i."""
+        answers: list[Answer | None] = [None] * len(requests)
+        gen = []
+        for i, r in enumerate(requests):
+            check_options(r.options)
+            if r.options and self.config.choice_mode == "likelihood":
+                answers[i] = self._rank_options(r)
+                if on_text is not None:
+                    on_text(i, answers[i].text)
+            else:
+                gen.append(i)
+        if gen:
+            prompts = [self.processor.prompt_text(requests[i].question, requests[i].options, requests[i].history)
+                       for i in gen]  # fmt: skip
+            ids = [self._prompt_ids(p, requests[i].video) for i, p in zip(gen, prompts)]
+            for x, i in zip(ids, gen):  # a reply needs room too
+                self.processor.check_length(len(x) + requests[i].max_new_tokens)
+            embeds = [
+                self.model.get_inputs_embeds(x[None], video_features=[requests[i].video.features])[0]
+                for i, x in zip(gen, ids)
+            ]
+            streams = [TextStream(self.processor.decode) for _ in gen]
+
+            def on_token(row, tokens):
+                piece = streams[row].push(tokens)
+                if piece and on_text is not None:
+                    on_text(gen[row], piece)
+
+            out = greedy_decode(
+                self.model.language_model,
+                embeds,
+                [requests[i].max_new_tokens for i in gen],
+                self.stop_ids,
+                on_token=on_token,
+                cancelled=None if cancelled is None else (lambda row: cancelled(gen[row])),
+            )
+            for row, (i, tokens) in enumerate(zip(gen, out)):
+                rest = streams[row].finish(tokens)
+                if rest and on_text is not None:
+                    on_text(i, rest)
+                r = requests[i]
+                text = self.processor.decode(tokens)
+                notes = []
+                letter = parse_letter(text, len(r.options)) if r.options else None
+                if r.options and letter is None:
+                    notes.append(f"the reply {text!r} names none of the options")
+                answers[i] = self._answer(r, text, letter, notes, len(ids[row]), len(tokens))
+        return answers
+
+    def _prompt_ids(self, prompt: str, video: EncodedVideo) -> torch.Tensor:
+        return torch.tensor(self.processor.prompt_ids(prompt, video.features.shape[0]), device=self.device)  # (L,)
+
+    def _rank_options(self, r: Request) -> Answer:
+        scores = self.option_scores(None, r.question, r.options, features=r.video, history=r.history)
+        notes = []
+        if not torch.isfinite(scores).all():
+            notes.append("the model's option scores are not finite numbers: its weights are broken")
+            scores = torch.nan_to_num(scores, nan=-float("inf"))
+        best = int(scores.argmax())
+        tied = [i for i in range(len(r.options)) if abs(float(scores[i] - scores[best])) <= TIE_TOLERANCE]
+        if len(tied) > 1:
+            names = ", ".join(OPTION_LETTERS[i] for i in tied)
+            notes.append(
+                f"options {names} are indistinguishable to the model (equal scores); {OPTION_LETTERS[best]} "
+                "was picked only because it comes first"
+            )
+        letter = OPTION_LETTERS[best]
+        prompt_len = len(self._prompt_ids(self.processor.prompt_text(r.question, history=r.history), r.video))
+        return self._answer(r, f"{letter}. {r.options[best]}", letter, notes, prompt_len, 0)
+
+    def _answer(self, r: Request, text, letter, notes, prompt_tokens, completion_tokens) -> Answer:
+        return Answer(
+            text=text,
+            letter=letter,
+            num_frames=r.video.num_frames,
+            visual_tokens=int(r.video.features.shape[0]),
+            timestamps=r.video.timestamps,
+            warnings=self.processor.unknown_word_warnings(r.question, r.options) + r.video.notes + notes,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+        )
+
+    @torch.no_grad()
     def option_scores(
-        self, clip: VideoClip, question: str, options: list[str], temporal_sample=None, return_greedy: bool = False
+        self,
+        clip: VideoClip | None,
+        question: str,
+        options: list[str],
+        temporal_sample=None,
+        return_greedy: bool = False,
+        *,
+        features: EncodedVideo | None = None,
+        history=(),
     ):
         """Log-probability of each option (its tokens and the end of the answer) as the reply to
-        the open question: the video is encoded once and shared by every option's sequence. With
-        `return_greedy`, also whether greedy decoding would have produced each option."""
-        prompt = self.processor.prompt_text(question)
-        pixel = self.processor.preprocess(clip.frames)  # once; every option's row shares the encoding
+        the open question: the video is encoded once (or given, already encoded, as `features`)
+        and shared by every option's sequence. With `return_greedy`, also whether greedy decoding
+        would have produced each option."""
+        video = features if features is not None else self.encode([clip], temporal_sample)[0]
+        prompt = self.processor.prompt_text(question, history=history)
+        # The processor sizes each prompt from a frame count; the encoded video knows its own.
+        stand_in = torch.zeros(video.num_frames, 1)
         batch = self.processor(
-            [pixel] * len(options), [prompt] * len(options), answers=list(options), temporal_sample=temporal_sample
-        )
-        feats = self.model.get_video_features(pixel[None].to(self.device), batch["temporal_sample"])[0]
+            [stand_in] * len(options), [prompt] * len(options), answers=list(options),
+            temporal_sample=video.temporal_sample,
+        )  # fmt: skip
         batch = move_batch({k: v for k, v in batch.items() if k != "pixel_values_videos"}, self.device)
-        emb = self.model.get_inputs_embeds(batch["input_ids"], video_features=[feats] * len(options))
+        emb = self.model.get_inputs_embeds(batch["input_ids"], video_features=[video.features] * len(options))
         logits = self.model(inputs_embeds=emb, attention_mask=batch["attention_mask"]).logits[:, :-1]
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # half-precision models
         labels = batch["labels"][:, 1:]
@@ -131,6 +290,29 @@ class StormPipeline:
             return scores
         greedy = ((logits.argmax(-1) == labels) | ~keep).all(1).cpu()
         return scores, greedy
+
+
+class ChatSession:
+    """Questions about one encoded video, each answered with the earlier turns as context."""
+
+    def __init__(self, pipe: StormPipeline, video: EncodedVideo):
+        self.pipe = pipe
+        self.video = video
+        self.history: list[tuple[str, str]] = []
+
+    def ask(self, question: str, options: list[str] | None = None, *, max_new_tokens: int = 32, on_text=None):
+        stream = None if on_text is None else lambda _row, piece: on_text(piece)
+        req = Request(self.video, question, options, tuple(self.history), max_new_tokens)
+        ans = self.pipe.respond([req], on_text=stream)[0]
+        self.history.append((format_mc_question(question, options) if options else question.strip(), ans.text))
+        return ans
+
+
+def _video_key(video):
+    """Items naming the same file share one decoding; other objects are compared by identity."""
+    if isinstance(video, (str, os.PathLike)):
+        return ("path", os.path.realpath(video))
+    return ("object", id(video))
 
 
 def load(path: str | os.PathLike | None = None, device: str | None = None, dtype=None) -> StormPipeline:

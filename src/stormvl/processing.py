@@ -105,20 +105,27 @@ class StormProcessor:
         self.tokenizer.save_pretrained(path)
 
     # -- text ----------------------------------------------------------------------------------
-    def prompt_text(self, question: str, options: list[str] | None = None) -> str:
-        """Chat-formatted prompt with one video placeholder, ready for the answer."""
-        body = format_mc_question(question, options) if options else question.strip()
+    def prompt_text(self, question: str, options: list[str] | None = None, history=()) -> str:
+        """Chat-formatted prompt with one video placeholder, ready for the answer. `history`:
+        earlier (question, reply) turns of the same chat, oldest first; the video belongs to the
+        first turn, so a chat's prompt only grows at its end."""
+        turns = [*history, (format_mc_question(question, options) if options else question.strip(), None)]
         # "after" suits small LMs trained from scratch: with the video last, each frame's distance
         # to the answer (all RoPE lets attention see) no longer depends on the question's length.
         video = self.config.video_token
-        content = f"{video}\n{body}" if self.config.video_position == "before" else f"{body}\n{video}"
+        messages = []
+        for i, (body, reply) in enumerate(turns):
+            if i == 0:
+                body = f"{video}\n{body}" if self.config.video_position == "before" else f"{body}\n{video}"
+            messages.append({"role": "user", "content": body})
+            if reply is not None:
+                messages.append({"role": "assistant", "content": reply})
         if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
-            )
-        return PLAIN_TEMPLATE.format(prompt=content)
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        parts = [PLAIN_TEMPLATE.format(prompt=m["content"]) if m["role"] == "user" else m["content"] for m in messages]
+        return " ".join(parts)
 
-    def _ids(self, text: str, num_video_tokens: int) -> list[int]:
+    def prompt_ids(self, text: str, num_video_tokens: int) -> list[int]:
         parts = text.split(self.config.video_token)
         if len(parts) != 2:
             raise InputError(f"the prompt must contain exactly one {self.config.video_token!r} placeholder")
@@ -127,6 +134,14 @@ class StormProcessor:
         tok = self.tokenizer
         bos = [tok.bos_token_id] if getattr(tok, "add_bos_token", False) and tok.bos_token_id is not None else []
         return bos + before + [self.config.video_token_id] * num_video_tokens + after
+
+    def check_length(self, tokens: int) -> None:
+        limit = getattr(self.config.text_config, "max_position_embeddings", None)
+        if limit and tokens > limit:
+            raise InputError(
+                f"the prompt is {tokens} tokens but the model reads at most {limit}: use fewer frames, temporal "
+                "sampling or a shorter question"
+            )
 
     def unknown_word_warnings(self, question: str, options: list[str] | None = None) -> list[str]:
         """Words the tokenizer can only map to its unknown token: the model cannot read them, so an
@@ -174,21 +189,15 @@ class StormProcessor:
         seqs, labels = [], []
         eos = self.tokenizer.eos_token_id
         for i, (v, text) in enumerate(zip(pixel, prompts)):
-            ids = self._ids(text, self.config.tokens_per_video(v.shape[0], s))
+            ids = self.prompt_ids(text, self.config.tokens_per_video(v.shape[0], s))
             lab = [-100] * len(ids)
             if answers is not None:
                 ans = self.tokenizer(" " + answers[i].strip(), add_special_tokens=False)["input_ids"] + [eos]
                 ids, lab = ids + ans, lab + ans
             seqs.append(ids)
             labels.append(lab)
-        limit = getattr(self.config.text_config, "max_position_embeddings", None)
-        longest = max(len(s) for s in seqs)
-        if limit and longest > limit:
-            raise InputError(
-                f"the prompt is {longest} tokens but the model reads at most {limit}: use fewer frames, temporal "
-                "sampling or a shorter question"
-            )
-        width = longest
+        width = max(len(s) for s in seqs)
+        self.check_length(width)
         side = "right" if answers is not None else padding_side
         pad = self.tokenizer.pad_token_id
         input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)  # (B, L)
