@@ -1,4 +1,4 @@
-"""`stormvl` command: answer, synth, train, eval, bench.
+"""`stormvl` command: answer, chat, serve, synth, train, eval, bench.
 
 Every error a user can cause (a `StormError`: bad video, bad config, missing file) ends as one
 line on stderr and exit status 2; anything else is a bug and keeps its traceback. torch and
@@ -59,6 +59,12 @@ def cmd_answer(a):
     from .model_folder import check_model_folder
     from .video import probe
 
+    if a.frames is not None and not 1 <= a.frames <= MAX_FRAMES:
+        raise InputError(f"num_frames must be an integer in [1, {MAX_FRAMES}], got {a.frames}")
+    if a.batch:
+        return cmd_answer_batch(a)
+    if a.video is None or a.question is None:
+        raise InputError("answer needs a VIDEO and a QUESTION (or --batch FILE)")
     # Arguments and the video are checked before torch and the model load (seconds).
     if a.frames is not None and not 1 <= a.frames <= MAX_FRAMES:
         raise InputError(f"{a.video}: num_frames must be an integer in [1, {MAX_FRAMES}], got {a.frames}")
@@ -109,6 +115,166 @@ def cmd_answer(a):
         print(ans.text)
     for w in ans.warnings:
         print(f"stormvl: warning: {w}", file=sys.stderr)
+
+
+def _answer_row(video, question, options, ans) -> dict:
+    return {
+        "video": str(video),
+        "question": question,
+        "options": options,
+        "answer": ans.text,
+        "letter": ans.letter,
+        "num_frames": ans.num_frames,
+        "visual_tokens": ans.visual_tokens,
+        "timestamps": ans.timestamps,
+        "uncertain": ans.uncertain,
+        "warnings": ans.warnings,
+    }
+
+
+def cmd_answer_batch(a):
+    from .model_folder import check_model_folder
+
+    if a.video or a.question:
+        raise InputError("--batch takes the questions from its file: give no video or question beside it")
+    _check_counts(a, batch_size=(1, 1024), temporal_sample=(1, None))
+    if a.model is not None:
+        check_model_folder(a.model)
+    items = []
+    root = os.path.dirname(os.path.abspath(a.batch))
+    if not os.path.isfile(a.batch):
+        raise InputError(f"{a.batch}: no such file")
+    with open(a.batch) as f:
+        lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+    for n, line in lines:
+        where = f"{a.batch}:{n}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{where}: not valid JSON ({e.msg})") from None
+        if (
+            not isinstance(row, dict)
+            or not isinstance(row.get("video"), str)
+            or not isinstance(row.get("question"), str)
+        ):
+            raise InputError(f'{where}: each line needs "video" and "question" strings')
+        options = row.get("options")
+        if options is not None and (not isinstance(options, list) or not all(isinstance(o, str) for o in options)):
+            raise InputError(f"{where}: options must be a list of strings")
+        for text in [row["question"], *(options or [])]:
+            _check_text(text)
+        video = row["video"] if os.path.isabs(row["video"]) else os.path.join(root, row["video"])
+        if not os.path.isfile(video):
+            raise InputError(f"{where}: no such video {row['video']!r}")
+        items.append((video, row["question"], options))
+    if not items:
+        raise InputError(f"{a.batch}: no questions in the file")
+    if a.out:
+        _writable_dir(os.path.dirname(os.path.abspath(a.out)))
+    _quiet_transformers()
+    from .pipeline import load
+
+    pipe = load(a.model)
+    answers = pipe.answer_batch(
+        items, batch_size=a.batch_size, num_frames=a.frames, temporal_sample=a.temporal_sample, progress=True
+    )
+    lines = "".join(json.dumps(_answer_row(*it, ans)) + "\n" for it, ans in zip(items, answers))
+    if a.out:  # atomically: an interrupted run leaves the previous file whole
+        tmp = a.out + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(lines)
+        os.replace(tmp, a.out)
+        print(f"wrote {len(answers)} answers to {a.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(lines)
+
+
+def cmd_chat(a):
+    from .frame_plan import MAX_FRAMES
+    from .model_folder import check_model_folder
+    from .processing import check_options
+    from .video import probe
+
+    if a.frames is not None and not 1 <= a.frames <= MAX_FRAMES:
+        raise InputError(f"{a.video}: num_frames must be an integer in [1, {MAX_FRAMES}], got {a.frames}")
+    _check_counts(a, temporal_sample=(1, None))
+    if a.model is not None:
+        check_model_folder(a.model)
+    info = probe(a.video)
+    _quiet_transformers()
+    from .pipeline import load
+
+    pipe = load(a.model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        chat = pipe.chat(a.video, num_frames=a.frames, temporal_sample=a.temporal_sample)
+    print(
+        f"{a.video}: {info.duration:.1f} s; {chat.video.num_frames} frames -> {chat.video.features.shape[0]} visual "
+        "tokens, encoded once. Ask away; options go after '||', split by '|'. Ctrl-D ends.",
+        file=sys.stderr,
+    )
+    for w in chat.video.notes:
+        print(f"stormvl: warning: {w}", file=sys.stderr)
+    while True:
+        try:
+            line = input("> " if sys.stdin.isatty() else "")
+        except EOFError:
+            break
+        question, _, opts = line.partition("||")
+        if not question.strip():
+            continue
+        options = [o.strip() for o in opts.split("|") if o.strip()] or None
+        try:
+            check_options(options)
+            ans = chat.ask(question.strip(), options, on_text=lambda piece: print(piece, end="", flush=True))
+        except StormError as e:  # one bad question does not end the chat
+            print(f"stormvl: error: {first_line(e)}", file=sys.stderr)
+            continue
+        print()
+        for w in ans.warnings:
+            print(f"stormvl: warning: {w}", file=sys.stderr)
+
+
+def cmd_serve(a):
+    from .model_folder import check_model_folder
+
+    _check_counts(a, port=(0, 65535), max_frames=(1, None), max_tokens=(1, None), max_batch=(1, 1024),
+                  max_queue=(1, None))  # fmt: skip
+    if a.max_upload_mb <= 0 or a.request_timeout <= 0:
+        raise InputError("--max-upload-mb and --request-timeout must be positive")
+    for d in a.allowed_local_media_path:
+        if not os.path.isdir(d):
+            raise InputError(f"--allowed-local-media-path {d}: no such directory")
+    if a.model is not None:
+        check_model_folder(a.model)
+    try:
+        import uvicorn
+
+        from .serve.app import ServeSettings, create_app
+        from .serve.media import MediaPolicy
+    except ModuleNotFoundError as e:
+        raise InputError(
+            f"stormvl serve needs the serve extra ({e.name} is missing): pip install 'stormvl[serve]'"
+        ) from None
+    _quiet_transformers()
+    from .pipeline import load
+
+    pipe = load(a.model, device=a.device)
+    name = a.served_model_name or ("stormvl-default" if a.model is None else os.path.basename(os.path.abspath(a.model)))
+    settings = ServeSettings(
+        model_name=name,
+        media=MediaPolicy(tuple(a.allowed_local_media_path), a.allow_remote_media),
+        api_key=a.api_key or None,
+        max_upload_mb=a.max_upload_mb,
+        max_frames=a.max_frames,
+        max_tokens=a.max_tokens,
+        request_timeout=a.request_timeout,
+        max_batch=a.max_batch,
+        max_queue=a.max_queue,
+    )
+    app = create_app(pipe, settings)
+    print(f"stormvl: serving {name!r} on http://{a.host}:{a.port} (web page at /)", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=a.host, port=a.port, log_level="warning")
 
 
 def cmd_synth(a):
@@ -281,15 +447,54 @@ def build_parser():
     p = _Parser(prog="stormvl", description="STORM long-video question answering")
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    s = sub.add_parser("answer", help="answer a question about a video")
-    s.add_argument("video")
-    s.add_argument("question")
+    s = sub.add_parser("answer", help="answer a question about a video (or a JSONL file of them with --batch)")
+    s.add_argument("video", nargs="?")
+    s.add_argument("question", nargs="?")
+    s.add_argument(
+        "--batch", metavar="JSONL", help='questions, one JSON object a line: {"video", "question", "options"}'
+    )
+    s.add_argument("--batch-size", type=int, default=8, help="questions per LLM pass with --batch")
+    s.add_argument("--out", help="with --batch: write the answers here (JSONL) instead of stdout")
     s.add_argument("--options", nargs="+", help="multiple-choice options (letters are added)")
     s.add_argument("--model", help="STORM model folder (default: the embedded model)")
     s.add_argument("--frames", type=int, help="frames to sample (default: the model's)")
     s.add_argument("--temporal-sample", type=int, help="test-time temporal sampling stride")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(fn=cmd_answer)
+
+    s = sub.add_parser("chat", help="ask questions about one video in the terminal (the video is encoded once)")
+    s.add_argument("video")
+    s.add_argument("--model", help="STORM model folder (default: the embedded model)")
+    s.add_argument("--frames", type=int, help="frames to sample (default: the model's)")
+    s.add_argument("--temporal-sample", type=int, help="test-time temporal sampling stride")
+    s.set_defaults(fn=cmd_chat)
+
+    s = sub.add_parser("serve", help="OpenAI-compatible HTTP server and web page")
+    s.add_argument("--model", help="STORM model folder (default: the embedded model)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--served-model-name", help="the model id clients send (default: the folder's name)")
+    s.add_argument(
+        "--allowed-local-media-path",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a directory whose videos requests may name by path (repeatable; none by default)",
+    )
+    s.add_argument("--allow-remote-media", action="store_true", help="let requests name http(s) video URLs")
+    s.add_argument(
+        "--api-key",
+        default=os.environ.get("STORMVL_API_KEY"),
+        help="require Authorization: Bearer KEY on /v1 (default: $STORMVL_API_KEY)",
+    )
+    s.add_argument("--max-upload-mb", type=float, default=100.0)
+    s.add_argument("--max-frames", type=int, default=256, help="most frames a request may ask for")
+    s.add_argument("--max-tokens", type=int, default=512, help="most tokens a request may ask to generate")
+    s.add_argument("--request-timeout", type=float, default=300.0, help="seconds before a request gets 504")
+    s.add_argument("--max-batch", type=int, default=8, help="questions answered in one LLM pass")
+    s.add_argument("--max-queue", type=int, default=64, help="requests in flight before new ones get 429")
+    s.add_argument("--device", help="cpu, cuda, mps (default: the best available)")
+    s.set_defaults(fn=cmd_serve)
 
     s = sub.add_parser("synth", help="write a synthetic temporal video-QA split")
     s.add_argument("--out", required=True)

@@ -1,0 +1,110 @@
+"""Where a request's video comes from, and whether the server may read it.
+
+A `video_url` is a `data:video/...;base64,` URL, a `file://` URL, a plain local path or (only with
+`--allow-remote-media`) an http(s) URL. Local files are read only under the allowed directories,
+compared after every symlink and `..` is resolved, so no path can reach outside them.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import tempfile
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class MediaError(Exception):
+    """A request's media cannot be used; `status` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Media:
+    path: Path  # a local file PyAV can open
+    key: str  # identifies the content: equal keys, equal video
+    temporary: bool  # the server wrote it and removes it after decoding
+
+    def cleanup(self):
+        if self.temporary:
+            self.path.unlink(missing_ok=True)
+
+
+@dataclass
+class MediaPolicy:
+    allowed_dirs: tuple[Path, ...] = ()
+    allow_remote: bool = False
+    max_bytes: int = 100 * 2**20
+
+    def __post_init__(self):
+        self.allowed_dirs = tuple(Path(os.path.realpath(d)) for d in self.allowed_dirs)
+
+    def resolve(self, url: str) -> Media:
+        if not isinstance(url, str) or not url.strip():
+            raise MediaError(400, "video_url.url must be a non-empty string")
+        scheme = urllib.parse.urlsplit(url).scheme.lower()
+        if scheme == "data":
+            return self._data(url)
+        if scheme in ("http", "https"):
+            return self._remote(url)
+        if scheme == "file":
+            return self._local(urllib.parse.unquote(urllib.parse.urlsplit(url).path))
+        if scheme and len(scheme) > 1:  # one letter is a Windows drive
+            raise MediaError(400, f"unsupported video URL scheme {scheme!r}: use data:, file:// or a local path")
+        return self._local(url)
+
+    def _data(self, url: str) -> Media:
+        header, sep, payload = url.partition(",")
+        if not sep or not header.endswith(";base64"):
+            raise MediaError(400, "a data: video URL must be data:video/<type>;base64,<data>")
+        mime = header[5:].split(";")[0]
+        if not mime.startswith("video/"):
+            raise MediaError(400, f"a data: URL of type {mime or 'none'!r} is not a video")
+        if len(payload) * 3 // 4 > self.max_bytes:
+            raise MediaError(413, f"the video is larger than the server's limit of {self.max_bytes // 2**20} MB")
+        try:
+            data = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            raise MediaError(400, "the video's base64 data is not valid base64") from None
+        if not data:
+            raise MediaError(400, "the data: video URL holds no data")
+        return self._temporary(data, "." + mime.split("/", 1)[1].split("+")[0][:8])
+
+    def _temporary(self, data: bytes, suffix: str) -> Media:
+        fd, name = tempfile.mkstemp(prefix="stormvl-", suffix=suffix if suffix.strip(".").isalnum() else ".mp4")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return Media(Path(name), "sha256:" + hashlib.sha256(data).hexdigest(), temporary=True)
+
+    def _local(self, path: str) -> Media:
+        if not self.allowed_dirs:
+            raise MediaError(403, "local paths are disabled: start the server with --allowed-local-media-path DIR")
+        real = Path(os.path.realpath(path))
+        if not any(real.is_relative_to(d) for d in self.allowed_dirs):
+            raise MediaError(403, f"{path}: outside the directories this server may read")
+        if not real.is_file():
+            raise MediaError(400, f"{path}: no such video file")
+        st = real.stat()
+        if st.st_size > self.max_bytes:
+            raise MediaError(413, f"{path}: larger than the server's limit of {self.max_bytes // 2**20} MB")
+        # A file is identified by where it is and its version, so an edited file is new content.
+        return Media(real, f"file:{real}:{st.st_size}:{st.st_mtime_ns}", temporary=False)
+
+    def _remote(self, url: str) -> Media:
+        if not self.allow_remote:
+            raise MediaError(400, "remote video URLs are disabled: start the server with --allow-remote-media")
+        try:
+            with urllib.request.urlopen(url, timeout=30) as r:
+                data = r.read(self.max_bytes + 1)
+        except OSError as e:
+            raise MediaError(400, f"{url}: cannot fetch the video ({e})") from None
+        if len(data) > self.max_bytes:
+            raise MediaError(413, f"{url}: larger than the server's limit of {self.max_bytes // 2**20} MB")
+        return self._temporary(data, Path(urllib.parse.urlsplit(url).path).suffix or ".mp4")

@@ -1,0 +1,166 @@
+"""One worker thread owns the model; requests queue for it, and those waiting together are
+answered as one batch (video encoding grouped by length, the LLM's prefill and decode shared).
+
+Encoded videos are kept (least recently used first out), so a follow-up question about the same
+video content runs neither the decoder nor the vision tower nor the temporal encoder again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from ..errors import StormError, first_line
+from ..pipeline import EncodedVideo, Request, StormPipeline
+from ..video import VideoClip
+
+log = logging.getLogger("stormvl.serve")
+
+
+class QueueFull(Exception):
+    pass
+
+
+@dataclass
+class Job:
+    key: str  # the encoded-video cache key: content and sampling settings
+    question: str
+    options: list[str] | None
+    history: tuple
+    max_new_tokens: int
+    temporal_sample: int
+    loop: asyncio.AbstractEventLoop
+    clip: VideoClip | None = None  # None when the key was already encoded
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    cancelled: bool = False
+    submitted: float = field(default_factory=time.perf_counter)
+
+    def emit(self, kind: str, value=None):
+        self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
+
+
+class Scheduler:
+    def __init__(self, pipe: StormPipeline, *, max_batch: int = 8, max_queue: int = 64, cache_videos: int = 32):
+        self.pipe = pipe
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self.cache_videos = cache_videos
+        self._cache: OrderedDict[str, EncodedVideo] = OrderedDict()
+        self._lock = threading.Lock()
+        self._jobs: list[Job] = []
+        self._wake = threading.Condition(self._lock)
+        self._slots = 0  # admitted and not yet finished or abandoned
+        self._stop = False
+        self.stats = {"videos_encoded": 0, "batches": 0, "answered": 0, "largest_batch": 0}
+        self._thread = threading.Thread(target=self._run, name="stormvl-model", daemon=True)
+        self._thread.start()
+
+    # -- admission, from the event loop ---------------------------------------------------------
+    def acquire(self) -> None:
+        """Take a slot for a request about to decode its video; QueueFull when none is left."""
+        with self._lock:
+            if self._slots >= self.max_queue:
+                raise QueueFull
+            self._slots += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._slots -= 1
+
+    @property
+    def in_flight(self) -> int:
+        return self._slots
+
+    def cached(self, key: str) -> bool:
+        with self._lock:
+            return key in self._cache
+
+    def submit(self, job: Job) -> None:
+        with self._wake:
+            self._jobs.append(job)
+            self._wake.notify()
+
+    def close(self):
+        with self._wake:
+            self._stop = True
+            self._wake.notify()
+        self._thread.join(timeout=10)
+
+    # -- the model's thread ---------------------------------------------------------------------
+    def _run(self):
+        while True:
+            with self._wake:
+                while not self._jobs and not self._stop:
+                    self._wake.wait()
+                if self._stop:
+                    return
+                # Everything waiting now goes in one batch: under load, requests pile up while
+                # the previous batch runs, so batches grow exactly when it pays.
+                batch, self._jobs = self._jobs[: self.max_batch], self._jobs[self.max_batch :]
+            batch = [j for j in batch if not j.cancelled]
+            try:
+                if batch:
+                    self._answer(batch)
+            except Exception as e:  # a bug: these requests fail with 500, logged; the worker lives on
+                log.exception("answering a batch failed")
+                for j in batch:
+                    j.emit("error", (500, f"internal error ({type(e).__name__}); see the server log"))
+
+    def _answer(self, batch: list[Job]):
+        try:
+            videos = self._encode(batch)
+            ready = batch
+        except StormError:  # one bad clip must not fail the others: encode them one by one
+            videos, ready = {}, []
+            for job in batch:
+                try:
+                    videos.update(self._encode([job]))
+                    ready.append(job)
+                except StormError as e:
+                    job.emit("error", (400, first_line(e)))
+        if not ready:
+            return
+        requests = [Request(videos[j.key], j.question, j.options, j.history, j.max_new_tokens) for j in ready]
+        for j in ready:
+            j.emit("start", time.perf_counter())
+        try:
+            answers = self.pipe.respond(
+                requests, on_text=lambda i, piece: ready[i].emit("text", piece), cancelled=lambda i: ready[i].cancelled
+            )
+        except StormError as e:
+            for j in ready:
+                j.emit("error", (400, first_line(e)))
+            return
+        self.stats["batches"] += 1
+        self.stats["answered"] += len(ready)
+        self.stats["largest_batch"] = max(self.stats["largest_batch"], len(ready))
+        for j, a in zip(ready, answers):
+            j.emit("done", a)
+
+    def _encode(self, jobs: list[Job]) -> dict[str, EncodedVideo]:
+        """The jobs' encoded videos: from the cache, or encoded now (equal sampling together)."""
+        found, todo = {}, {}
+        with self._lock:
+            for j in jobs:
+                if j.key in self._cache:
+                    self._cache.move_to_end(j.key)
+                    found[j.key] = self._cache[j.key]
+                elif j.clip is not None:
+                    todo.setdefault(j.temporal_sample, {})[j.key] = j.clip
+                else:  # evicted between admission and now
+                    raise StormError("the video left the server's cache before it was answered: send it again")
+        for s, clips in todo.items():
+            encoded = dict(zip(clips, self.pipe.encode(list(clips.values()), s)))
+            self.stats["videos_encoded"] += len(encoded)
+            found.update(encoded)
+            with self._lock:
+                self._cache.update(encoded)
+                while len(self._cache) > self.cache_videos:
+                    self._cache.popitem(last=False)
+        for j in jobs:
+            j.clip = None  # the frames are no longer needed
+        return found
