@@ -11,7 +11,7 @@ LLM visual tokens it was trained on), and (b) decoding only half the frames (sam
 encoder instead of after it). Row b1, (b) with Mamba-1, runs only when asked (--only b1): on 2 CPU
 cores its scan makes a training take hours.
 
-    python benchmarks/ablation_synthetic.py [--seeds 0 1 2] [--out runs/ablation] [--jobs 2]
+    python benchmarks/ablation_synthetic.py [--seeds 0 1 2] [--steps 800 2600] [--only a b ctrl] [--jobs 2]
 
 Prints a markdown table (accuracy per question type, mean ± stdev over seeds; LLM visual tokens;
 seconds per answer; final training loss) and draws every run's loss curve in docs/ablation_curves.png.
@@ -113,6 +113,7 @@ def main():
     ap.add_argument("--out", default=str(ROOT / "runs" / "ablation"))
     ap.add_argument("--jobs", type=int, default=2, help="trainings run at once")
     ap.add_argument("--only", nargs="+", help=f"rows to run (default: {' '.join(DEFAULT_ROWS)}), e.g. --only b b1")
+    ap.add_argument("--steps", type=int, nargs=2, help="caption and QA stage steps (default: the recipe's)")
     ap.add_argument("--curves", default=str(ROOT / "docs" / "ablation_curves.png"))
     a = ap.parse_args()
     from stormvl.data.synthetic import generate_split
@@ -153,6 +154,9 @@ def main():
                 if stage.get("data"):
                     stage["data"] = [str((RECIPE.parent / f).resolve()) for f in stage["data"]]
             cfg["model"]["storm"].update(VARIANTS[name])
+            if a.steps:
+                for stage, steps in zip(cfg["stages"], a.steps):
+                    stage["steps"] = steps
             cfg["seed"] = seed
             cfg["output_dir"] = str(out / f"{name}_s{seed}")
             (out / f"{name}_s{seed}.yaml").write_text(yaml.safe_dump(cfg))

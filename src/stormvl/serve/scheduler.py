@@ -44,7 +44,9 @@ class Job:
 
 
 class Scheduler:
-    def __init__(self, pipe: StormPipeline, *, max_batch: int = 8, max_queue: int = 64, cache_videos: int = 32):
+    def __init__(
+        self, pipe: StormPipeline, *, max_batch: int = 8, max_queue: int = 64, cache_videos: int = 32, start=True
+    ):
         self.pipe = pipe
         self.max_batch = max_batch
         self.max_queue = max_queue
@@ -57,6 +59,10 @@ class Scheduler:
         self._stop = False
         self.stats = {"videos_encoded": 0, "batches": 0, "answered": 0, "largest_batch": 0}
         self._thread = threading.Thread(target=self._run, name="stormvl-model", daemon=True)
+        if start:
+            self._thread.start()
+
+    def start(self):
         self._thread.start()
 
     # -- admission, from the event loop ---------------------------------------------------------

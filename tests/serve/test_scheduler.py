@@ -1,0 +1,80 @@
+import asyncio
+
+import pytest
+
+from .conftest import EXAMPLE
+
+DIRECTION = "Which direction does the red square move?"
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    import stormvl
+
+    return stormvl.load()
+
+
+def _job(loop, pipe, question, options=None, key="clip|16", clip=True):
+    from stormvl.serve.scheduler import Job
+
+    return Job(key, question, options, (), 16, 1, loop, clip=pipe.load_clip(EXAMPLE, 16) if clip else None)
+
+
+async def _result(job):
+    pieces = []
+    while True:
+        kind, value = await asyncio.wait_for(job.events.get(), 60)
+        if kind == "text":
+            pieces.append(value)
+        elif kind in ("done", "error"):
+            return kind, value, "".join(pieces)
+
+
+def test_waiting_questions_are_answered_as_one_batch_and_equal_single_answers(pipe):
+    from stormvl.serve.scheduler import Scheduler
+
+    questions = [(DIRECTION, ["left", "right", "up", "down"]), ("What happens in the video?", None),
+                 ("How many times does the red square flash?", None), (DIRECTION, None)]  # fmt: skip
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        sched = Scheduler(pipe, max_batch=8, start=False)
+        jobs = [_job(loop, pipe, q, o) for q, o in questions]
+        for j in jobs:
+            sched.submit(j)
+        sched.start()
+        out = [await _result(j) for j in jobs]
+        sched.close()
+        return sched, out
+
+    sched, out = asyncio.run(main())
+    assert sched.stats["largest_batch"] == 4 and sched.stats["videos_encoded"] == 1
+    for (q, o), (kind, answer, streamed) in zip(questions, out):
+        assert kind == "done"
+        assert answer.text == pipe.answer(EXAMPLE, q, o, num_frames=16, max_new_tokens=16).text == streamed
+
+
+def test_admission_is_bounded_and_a_bad_clip_fails_alone(pipe):
+    from stormvl.serve.scheduler import QueueFull, Scheduler
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        sched = Scheduler(pipe, max_queue=2, start=False)
+        sched.acquire()
+        sched.acquire()
+        with pytest.raises(QueueFull):
+            sched.acquire()
+        sched.release()
+        sched.acquire()  # a released slot is free again
+        good = _job(loop, pipe, DIRECTION)
+        lost = _job(loop, pipe, DIRECTION, key="gone|16", clip=False)  # evicted before it was answered
+        sched.submit(good)
+        sched.submit(lost)
+        sched.start()
+        res = await _result(good), await _result(lost)
+        sched.close()
+        return res
+
+    (kind_good, _, _), (kind_lost, (status, message), _) = asyncio.run(main())
+    assert kind_good == "done"
+    assert kind_lost == "error" and status == 400 and "send it again" in message

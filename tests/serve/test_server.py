@@ -1,0 +1,162 @@
+"""A real `stormvl serve` on 127.0.0.1, spoken to with the official openai client."""
+
+import base64
+import json
+import math
+import subprocess
+import sys
+
+import httpx
+import openai
+import pytest
+
+from .conftest import API_KEY, EXAMPLE
+
+pytestmark = pytest.mark.slow
+
+DIRECTION = "Which direction does the red square move?"
+OPEN = "What happens in the video?"
+
+
+def data_url(data: bytes) -> str:
+    return "data:video/mp4;base64," + base64.b64encode(data).decode()
+
+
+def video_message(url: str, question: str, **part_fields):
+    return [{"role": "user", "content": [{"type": "text", "text": question},
+                                        {"type": "video_url", "video_url": {"url": url}, **part_fields}]}]  # fmt: skip
+
+
+def cli_answer(*args):
+    r = subprocess.run([sys.executable, "-m", "stormvl.cli", "answer", *map(str, args), "--json"],
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_streamed_answer_equals_the_cli_and_reports_usage(client):
+    stream = client.chat.completions.create(
+        model="stormvl-default",
+        messages=video_message(data_url(EXAMPLE.read_bytes()), OPEN, num_frames=16, temporal_sample=2),
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    usage = chunks[-1].usage
+    expected = cli_answer(EXAMPLE, OPEN, "--frames", 16, "--temporal-sample", 2)
+    assert text == expected["answer"] and text
+    # The README's formula: ceil(ceil(T / k_t) / s) * (h / k_s) * (w / k_s), here T=16, k_t=4, s=2,
+    # and a 4x4 token grid (64-pixel frames, 8-pixel patches, 2x2 pixel shuffle) pooled 2x2.
+    assert usage.visual_tokens == math.ceil(math.ceil(16 / 4) / 2) * (4 // 2) * (4 // 2) == expected["visual_tokens"]
+    assert usage.num_frames == 16 and usage.completion_tokens > 0
+    assert usage.model_extra["visual_tokens_before_reduction"] == 16 * 4 * 4
+
+
+def test_stream_ends_with_done(server):
+    body = {"model": "stormvl-default", "stream": True, "messages": video_message(data_url(EXAMPLE.read_bytes()), OPEN)}
+    with httpx.stream("POST", server + "/v1/chat/completions", json=body, timeout=120,
+                      headers={"Authorization": f"Bearer {API_KEY}"}) as r:  # fmt: skip
+        lines = [line for line in r.iter_lines() if line]
+    assert r.status_code == 200 and lines[-1] == "data: [DONE]"
+    assert all(line.startswith("data: ") for line in lines)
+
+
+def test_options_answer_with_letter_and_text(client, media_dir):
+    for url in (str(media_dir[0] / "clip.mp4"), (media_dir[0] / "clip.mp4").as_uri()):
+        r = client.chat.completions.create(
+            model="stormvl-default", messages=video_message(url, DIRECTION),
+            extra_body={"options": ["left", "right", "up", "down"]},
+        )  # fmt: skip
+        assert r.choices[0].message.content == "B. right"
+
+
+def test_follow_up_reuses_the_encoded_video(client, server):
+    def encoded():
+        return httpx.get(server + "/health").json()["videos_encoded"]
+
+    url = data_url(EXAMPLE.read_bytes())
+    messages = video_message(url, OPEN, num_frames=12)
+    first = client.chat.completions.create(model="stormvl-default", messages=messages)
+    before = encoded()
+    follow = messages + [
+        {"role": "assistant", "content": first.choices[0].message.content},
+        {"role": "user", "content": DIRECTION},
+    ]
+    r = client.chat.completions.create(model="stormvl-default", messages=follow)
+    assert encoded() == before  # neither decoded nor encoded again
+    assert r.choices[0].message.content
+
+
+@pytest.mark.parametrize("where", ["outside", "dotdot", "symlink"])
+def test_paths_outside_the_allowed_directories_get_403(client, media_dir, where):
+    allowed, outside = media_dir
+    path = {
+        "outside": outside / "secret.mp4",
+        "dotdot": f"{allowed}/../{outside.name}/secret.mp4",
+        "symlink": allowed / "escape.mp4",
+    }[where]
+    with pytest.raises(openai.PermissionDeniedError) as e:
+        client.chat.completions.create(model="stormvl-default", messages=video_message(str(path), DIRECTION))
+    assert e.value.status_code == 403 and "outside" in e.value.body["message"]
+
+
+def test_bad_requests_get_one_line_4xx(client):
+    data = EXAMPLE.read_bytes()
+    cases = [
+        (video_message(data_url(data[: len(data) // 3]), DIRECTION), {}, 400),  # truncated video
+        (video_message("data:video/mp4;base64,@@@", DIRECTION), {}, 400),  # not base64
+        (video_message("http://example.com/v.mp4", DIRECTION), {}, 400),  # remote, not allowed
+        (video_message(data_url(data), DIRECTION, num_frames=65), {}, 400),  # over --max-frames
+        (video_message(data_url(data), DIRECTION), {"max_tokens": 10**6}, 400),
+        ([{"role": "user", "content": DIRECTION}], {}, 400),  # no video
+    ]
+    for messages, extra, status in cases:
+        with pytest.raises(openai.APIStatusError) as e:
+            client.chat.completions.create(model="stormvl-default", messages=messages, **extra)
+        assert e.value.status_code == status, e.value.body
+        message = e.value.body["message"]
+        assert message and "\n" not in message and "Traceback" not in message
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-4o", messages=video_message(data_url(data), DIRECTION))
+
+
+def test_truncated_video_names_the_problem(client):
+    data = EXAMPLE.read_bytes()
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="stormvl-default",
+                                       messages=video_message(data_url(data[: len(data) // 3]), DIRECTION))  # fmt: skip
+    assert "video" in e.value.body["message"].lower()
+
+
+def test_body_over_the_limit_gets_413(server):
+    body = {"model": "stormvl-default", "messages": video_message(data_url(b"\0" * (3 * 2**20)), DIRECTION)}
+    r = httpx.post(server + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {API_KEY}"})
+    assert r.status_code == 413 and r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_api_key_is_required(server):
+    from openai import OpenAI
+
+    for key in ("wrong", ""):
+        c = OpenAI(base_url=server + "/v1", api_key=key or "x", max_retries=0)
+        headers = {} if key else {"Authorization": ""}
+        with pytest.raises(openai.AuthenticationError):
+            c.with_options(default_headers=headers).models.list()
+    assert httpx.get(server + "/v1/models").status_code == 401
+    assert httpx.get(server + "/health").status_code == 200  # health needs no key
+
+
+def test_disconnect_mid_stream_frees_the_slot(server):
+    body = {"model": "stormvl-default", "stream": True, "max_tokens": 200,
+            "messages": video_message(data_url(EXAMPLE.read_bytes()), OPEN)}  # fmt: skip
+    with httpx.stream("POST", server + "/v1/chat/completions", json=body, timeout=120,
+                      headers={"Authorization": f"Bearer {API_KEY}"}) as r:  # fmt: skip
+        next(r.iter_lines())  # the first chunk, then hang up
+    import time
+
+    for _ in range(50):
+        if httpx.get(server + "/health").json()["in_flight"] == 0:
+            break
+        time.sleep(0.1)
+    assert httpx.get(server + "/health").json()["in_flight"] == 0
