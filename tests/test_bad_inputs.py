@@ -47,6 +47,7 @@ def w(tmp_path_factory, audio_only_file_module):
     _model_folders(d)
     _annotations(d)
     _train_configs(d)
+    _batch_files(d)
     (d / "a_file").write_text(SENTINEL)
     (d / "results").mkdir()
     (d / "results" / "keep.txt").write_text(SENTINEL)
@@ -184,6 +185,20 @@ def _train_configs(d):
     (d / "t_utf8.yaml").write_bytes(b"output_dir: caf\xe9\n")
 
 
+def _batch_files(d):
+    def jsonl(name, *rows):
+        (d / name).write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+
+    ok = {"video": "good.mp4", "question": Q}
+    jsonl("b_badjson.jsonl", ok, "{not json")
+    jsonl("b_noq.jsonl", ok, {"video": "good.mp4"})
+    jsonl("b_novideo.jsonl", {"video": "missing.mp4", "question": Q})
+    jsonl("b_opts.jsonl", {**ok, "options": "left"})
+    jsonl("b_emptyopt.jsonl", {**ok, "options": ["left", " "]})
+    jsonl("b_corrupt.jsonl", ok, {"video": "cut50.mp4", "question": Q})
+    (d / "b_empty.jsonl").write_text("\n")
+
+
 Q = "Which direction does the square move?"
 ANSWER = [
     # (case, argv after "answer", message)
@@ -222,6 +237,33 @@ ANSWER = [
     ("empty option", ["{w}/good.mp4", Q, "--options", "left", ""], "must not be empty"),
     ("27 options", ["{w}/good.mp4", Q, "--options", *[f"o{i}" for i in range(27)]], "1 to 26 options"),
     ("question too long", ["{w}/good.mp4", "word " * 5000], "the model reads at most"),
+    ("no question", ["{w}/good.mp4"], "needs a VIDEO and a QUESTION"),
+    ("batch missing", ["--batch", "{w}/none.jsonl"], "no such file"),
+    ("batch and video", ["{w}/good.mp4", "--batch", "{w}/b_noq.jsonl"], "give no video or question"),
+    ("batch bad json", ["--batch", "{w}/b_badjson.jsonl"], "b_badjson.jsonl:2: not valid JSON"),
+    ("batch no question", ["--batch", "{w}/b_noq.jsonl"], 'b_noq.jsonl:2: each line needs "video" and "question"'),
+    ("batch video missing", ["--batch", "{w}/b_novideo.jsonl"], "b_novideo.jsonl:1: no such video 'missing.mp4'"),
+    ("batch options a string", ["--batch", "{w}/b_opts.jsonl"], "options must be a list"),
+    ("batch empty option", ["--batch", "{w}/b_emptyopt.jsonl"], "must not be empty"),
+    ("batch empty file", ["--batch", "{w}/b_empty.jsonl"], "no questions"),
+    ("batch corrupt video", ["--batch", "{w}/b_corrupt.jsonl"], "cut50.mp4: not a readable video"),
+    ("batch zero size", ["--batch", "{w}/b_noq.jsonl", "--batch-size", "0"], "--batch-size"),
+    ("batch out is a folder", ["--batch", "{w}/b_corrupt.jsonl", "--out", "{w}/results"], "results"),
+]
+
+CHAT = [
+    ("missing", ["{w}/missing.mp4"], "no such file"),
+    ("corrupt", ["{w}/cut50.mp4"], "not a readable video"),
+    ("zero frames", ["{w}/good.mp4", "--frames", "0"], "num_frames"),
+    ("model missing", ["{w}/good.mp4", "--model", "{w}/nomodel"], "model folder not found"),
+]
+
+SERVE = [
+    ("media dir missing", ["--allowed-local-media-path", "{w}/nodir"], "no such directory"),
+    ("bad port", ["--port", "70000"], "--port must be in [0, 65535]"),
+    ("zero batch", ["--max-batch", "0"], "--max-batch"),
+    ("zero upload", ["--max-upload-mb", "0"], "must be positive"),
+    ("model missing", ["--model", "{w}/nomodel"], "model folder not found"),
 ]
 
 SPLIT = ["--benchmark", "synthetic", "--annotations", "{w}/split/annotations.jsonl"]
@@ -292,6 +334,8 @@ BENCH = [
 
 CASES = (
     [("answer", *c) for c in ANSWER]
+    + [("chat", *c) for c in CHAT]
+    + [("serve", *c) for c in SERVE]
     + [("eval", c[0], [*c[1], "--out", "{w}/results", "--no-progress"], c[2]) for c in EVAL]
     + [("synth", c[0], [*c[1], "--out", "{w}/results"], c[2]) for c in SYNTH]
     + [("synth", "output is a file", ["--out", "{w}/a_file"], "not a folder")]

@@ -294,3 +294,33 @@ def test_a_cut_off_video_makes_the_answer_uncertain(tmp_path, capsys):
     assert out["uncertain"] and any("decode; sampled within them" in w for w in out["warnings"])
     assert max(out["timestamps"]) < 48 / FPS * 0.75
     assert captured.err.count("decode; sampled within them") == 1  # said once, not twice
+
+
+def test_answer_batch_file_equals_single_answers(tmp_path, capsys):
+    clips = {d: _moving_clip(tmp_path / f"{d}.mp4", d, "red", "square") for d in ("left", "up")}
+    q = "Which direction does the red square move?"
+    rows = [{"video": "left.mp4", "question": q, "options": ["left", "right", "up", "down"]},
+            {"video": str(clips["up"]), "question": q, "options": ["left", "right", "up", "down"]},
+            {"video": "up.mp4", "question": "What happens in the video?"}]  # fmt: skip
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "answers.jsonl"
+    assert main(["answer", "--batch", str(tmp_path / "q.jsonl"), "--out", str(out), "--batch-size", "2"]) == 0
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    for r, g in zip(rows, got):
+        argv = ["answer", str(tmp_path / r["video"]), r["question"], "--json"]
+        assert main(argv + (["--options", *r["options"]] if "options" in r else [])) == 0
+        single = json.loads(capsys.readouterr().out)
+        assert g["answer"] == single["answer"] and g["visual_tokens"] == single["visual_tokens"]
+    assert [g["letter"] for g in got[:2]] == ["A", "C"]
+
+
+@pytest.mark.slow
+def test_chat_answers_each_line_and_keeps_the_video(tmp_path):
+    clip = _moving_clip(tmp_path / "right.mp4", "right", "red", "square")
+    lines = "What happens in the video?\nWhich direction does the red square move? || left | right | up | down\n"
+    r = subprocess.run([sys.executable, "-m", "stormvl.cli", "chat", str(clip)], input=lines, capture_output=True,
+                       text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    replies = r.stdout.strip().splitlines()
+    assert len(replies) == 2 and replies[1] == "B. right"
+    assert "encoded once" in r.stderr

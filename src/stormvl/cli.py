@@ -170,15 +170,26 @@ def cmd_answer_batch(a):
     if not items:
         raise InputError(f"{a.batch}: no questions in the file")
     if a.out:
+        if os.path.isdir(a.out):
+            raise InputError(f"--out {a.out} is a folder; name a file")
         _writable_dir(os.path.dirname(os.path.abspath(a.out)))
     _quiet_transformers()
     from .pipeline import load
 
     pipe = load(a.model)
-    answers = pipe.answer_batch(
-        items, batch_size=a.batch_size, num_frames=a.frames, temporal_sample=a.temporal_sample, progress=True
-    )
-    lines = "".join(json.dumps(_answer_row(*it, ans)) + "\n" for it, ans in zip(items, answers))
+    # Videos that do not decode cost their own questions only: those rows carry the error.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        answers = pipe.answer_batch(
+            items, batch_size=a.batch_size, num_frames=a.frames, temporal_sample=a.temporal_sample,
+            progress=len(items) > 1 and sys.stderr.isatty(), errors="return",
+        )  # fmt: skip
+    rows = [
+        {"video": it[0], "question": it[1], "options": it[2], "error": first_line(ans)}
+        if isinstance(ans, StormError) else _answer_row(*it, ans)
+        for it, ans in zip(items, answers)
+    ]  # fmt: skip
+    lines = "".join(json.dumps(r) + "\n" for r in rows)
     if a.out:  # atomically: an interrupted run leaves the previous file whole
         tmp = a.out + ".tmp"
         with open(tmp, "w") as f:
@@ -187,6 +198,12 @@ def cmd_answer_batch(a):
         print(f"wrote {len(answers)} answers to {a.out}", file=sys.stderr)
     else:
         sys.stdout.write(lines)
+    failed = [r for r in rows if "error" in r]
+    if failed:
+        raise InputError(
+            f"{len(failed)} of {len(rows)} questions could not be answered, the first: {failed[0]['error']} "
+            "(their rows carry the error)"
+        )
 
 
 def cmd_chat(a):

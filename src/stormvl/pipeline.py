@@ -12,7 +12,7 @@ import torch
 
 from .config import StormConfig
 from .device import resolve_device
-from .errors import InputError, ModelFolderError, first_line
+from .errors import InputError, ModelFolderError, StormError, first_line
 from .generation import TextStream, eos_ids, greedy_decode
 from .model_folder import check_model_folder
 from .models.storm import StormForConditionalGeneration
@@ -109,15 +109,20 @@ class StormPipeline:
         temporal_sample: int | None = None,
         max_new_tokens: int = 32,
         progress: bool = False,
+        errors: str = "raise",
     ) -> list[Answer]:
         """Answers to `(video, question)` or `(video, question, options)` items, equal to asking
         them one at a time: each distinct video is decoded and encoded once, and up to
-        `batch_size` questions share one pass of the LLM."""
+        `batch_size` questions share one pass of the LLM. With `errors="return"`, a question that
+        cannot be answered (its video does not decode) gets its `StormError` in the list instead
+        of stopping the others."""
         items = [tuple(it) + (None,) * (3 - len(tuple(it))) for it in items]
         for _, _, options in items:
             check_options(options)
         if batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}")
+        if errors not in ("raise", "return"):
+            raise InputError(f"errors must be 'raise' or 'return', got {errors!r}")
         bar = None
         if progress:
             from tqdm import tqdm
@@ -129,11 +134,20 @@ class StormPipeline:
             chunk = items[start : start + batch_size]
             keys = [_video_key(v) for v, _, _ in chunk]
             new = {k: v for k, (v, _, _) in zip(keys, chunk) if k not in encoded}
-            clips = [v if isinstance(v, VideoClip) else self.load_clip(v, num_frames, fps=fps) for v in new.values()]
+            clips, failed = {}, {}
+            for k, v in new.items():
+                try:
+                    clips[k] = v if isinstance(v, VideoClip) else self.load_clip(v, num_frames, fps=fps)
+                except StormError as e:
+                    if errors == "raise":
+                        raise
+                    failed[k] = e
             encoded = {k: encoded[k] for k in keys if k in encoded}  # only what this batch reuses
-            encoded.update(zip(new, self.encode(clips, temporal_sample)))
-            requests = [Request(encoded[k], q, o, max_new_tokens=max_new_tokens) for k, (_, q, o) in zip(keys, chunk)]
-            answers += self.respond(requests)
+            encoded.update(zip(clips, self.encode(list(clips.values()), temporal_sample)))
+            ok = [i for i, k in enumerate(keys) if k not in failed]
+            requests = [Request(encoded[keys[i]], chunk[i][1], chunk[i][2], max_new_tokens=max_new_tokens) for i in ok]
+            results = dict(zip(ok, self.respond(requests)))
+            answers += [results[i] if i in results else failed[keys[i]] for i in range(len(chunk))]
             if bar is not None:
                 bar.update(len(chunk))
         if bar is not None:

@@ -76,6 +76,7 @@ def evaluate(
     world=1,
     progress=True,
     prefetch=2,
+    batch_size=4,
 ) -> None:
     """Answer this rank's share of `records` (every `world`-th one), appending to this rank's
     shard; `merge` combines the shards once every rank is done."""
@@ -106,41 +107,63 @@ def evaluate(
             return None, str(e)
 
     shard = open(out / PRED_SHARD.format(rank=rank), "a")
+
+    def write(row, err=None):
+        shard.write(json.dumps(row) + "\n")
+        shard.flush()
+        if bar is not None:
+            bar.update(1)
+            if err is not None:
+                bar.write(f"skipped {row['id']}: {err}")
+
+    def answer(batch):
+        """Decoded records, answered together (one LLM pass for their generated replies)."""
+        t = time.perf_counter()
+        items = [(clip, rec.question, rec.options) for rec, clip in batch]
+        kw = dict(temporal_sample=temporal_sample, max_new_tokens=8, errors="return")
+        try:
+            answers = pipeline.answer_batch(items, batch_size=len(items), **kw)
+        except StormError:  # one question cannot be asked: find it, answer the others
+            answers = []
+            for it in items:
+                try:
+                    answers += pipeline.answer_batch([it], **kw)
+                except StormError as e:
+                    answers.append(e)
+        seconds = (time.perf_counter() - t) / len(batch)
+        for (rec, _), ans in zip(batch, answers):
+            row = {"id": rec.id, "task_type": rec.task_type, "answer": rec.answer}
+            if isinstance(ans, StormError):  # this question cannot be asked (too long, too many options)
+                row.update(status="skipped", error=f"{rec.id}: {ans}")
+                write(row, row["error"])
+                continue
+            row.update(
+                status="ok",
+                response=ans.text,
+                pred=ans.letter,
+                correct=ans.letter == rec.answer,
+                uncertain=ans.uncertain,
+                seconds=round(seconds, 4),
+                visual_tokens=ans.visual_tokens,
+            )
+            write(row)
+
     with ThreadPoolExecutor(max_workers=max(1, prefetch)) as pool:
         futures = [pool.submit(decode, r) for r in mine[: prefetch + 1]]
+        batch = []
         for k, rec in enumerate(mine):
             if k + prefetch + 1 < len(mine):
                 futures.append(pool.submit(decode, mine[k + prefetch + 1]))
             clip, err = futures[k].result()
             futures[k] = None
-            row = {"id": rec.id, "task_type": rec.task_type, "answer": rec.answer}
             if clip is None:
-                row.update(status="skipped", error=err)
+                write({"id": rec.id, "task_type": rec.task_type, "answer": rec.answer, "status": "skipped",
+                       "error": err}, err)  # fmt: skip
             else:
-                t = time.perf_counter()
-                try:
-                    ans = pipeline.answer(
-                        clip, rec.question, rec.options, temporal_sample=temporal_sample, max_new_tokens=8
-                    )
-                except StormError as e:  # this question cannot be asked (too long, too many options): skip it
-                    clip, err = None, f"{rec.id}: {e}"
-                    row.update(status="skipped", error=err)
-                else:
-                    row.update(
-                        status="ok",
-                        response=ans.text,
-                        pred=ans.letter,
-                        correct=ans.letter == rec.answer,
-                        uncertain=ans.uncertain,
-                        seconds=round(time.perf_counter() - t, 4),
-                        visual_tokens=ans.visual_tokens,
-                    )
-            shard.write(json.dumps(row) + "\n")
-            shard.flush()
-            if bar is not None:
-                bar.update(1)
-                if clip is None:
-                    bar.write(f"skipped {rec.id}: {err}")
+                batch.append((rec, clip))
+            if len(batch) == batch_size or (k == len(mine) - 1 and batch):
+                answer(batch)
+                batch = []
     shard.close()
     if bar is not None:
         bar.close()
