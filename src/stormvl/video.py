@@ -35,6 +35,7 @@ Fallback policy, in one place:
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -272,11 +273,23 @@ def _skipped_message(path, skipped) -> str:
     return f"{path}: skipped undecodable data {len(skipped)} time(s), after frame(s) {after} ({skipped[0][1]})"
 
 
+_reformatters = threading.local()
+
+
 def _rgb(frame, size: int | None) -> np.ndarray:
     """(H, W, 3) uint8 RGB, or (size, size, 3) scaled by FFmpeg from the decoded YUV frame."""
+    # `frame.reformat` / `to_ndarray(format=...)` build a new swscale context on every call, which
+    # cost 60x the conversion itself on small frames (7.6 ms against 0.13 ms at 64x64) and made
+    # training decode-bound. One reformatter per thread keeps its context while the frame
+    # geometry stays the same; the pixels are identical.
+    r = getattr(_reformatters, "r", None)
+    if r is None:
+        from av.video.reformatter import VideoReformatter
+
+        r = _reformatters.r = VideoReformatter()
     if size is None:
-        return frame.to_ndarray(format="rgb24")
-    small = frame.reformat(width=size, height=size, format="rgb24", interpolation=INTERPOLATION)
+        return r.reformat(frame, format="rgb24").to_ndarray()  # (H, W, 3) uint8
+    small = r.reformat(frame, width=size, height=size, format="rgb24", interpolation=INTERPOLATION)
     # A copy: numpy then owns the few bytes, instead of a view keeping FFmpeg's frame alive.
     return np.array(small.to_ndarray())  # (size, size, 3) uint8
 
