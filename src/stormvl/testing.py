@@ -86,3 +86,40 @@ def tiny_config(tokenizer, size: TinySize | str | None = None, **storm_kwargs) -
         video_token_id=tokenizer.convert_tokens_to_ids("<video>"),
         **kw,
     )
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(*args, env=None, cwd=None, timeout=120):
+    """`stormvl serve ARGS` on a free port of 127.0.0.1; returns (process, base URL) once /health
+    answers. For tests and benchmarks; stop it with `process.terminate()`."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stormvl.cli", "serve", "--port", str(port), *map(str, args)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ, **(env or {})), cwd=cwd,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("the server exited: " + proc.stdout.read())
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError(f"the server did not start within {timeout} s")

@@ -8,12 +8,14 @@ from stormvl.serve.media import MediaError, MediaPolicy
 def test_data_urls(tmp_path):
     policy = MediaPolicy(max_bytes=1000)
     m = policy.resolve("data:video/mp4;base64," + base64.b64encode(b"abc").decode())
-    assert m.path.read_bytes() == b"abc" and m.temporary and m.key.startswith("sha256:")
+    assert m.open().read_bytes() == b"abc" and m.temporary and m.key.startswith("sha256:")
     assert policy.resolve("data:video/mp4;base64," + base64.b64encode(b"abc").decode()).key == m.key
     m.cleanup()
     assert not m.path.exists()
+    with pytest.raises(MediaError) as e:
+        policy.resolve("data:video/mp4;base64,!!").open()  # checked when decoded
+    assert e.value.status == 400
     for url, status in [
-        ("data:video/mp4;base64,!!", 400),
         ("data:image/png;base64,AAAA", 400),
         ("data:video/mp4,abc", 400),
         ("data:video/mp4;base64," + "A" * 2000, 413),

@@ -160,3 +160,55 @@ def test_disconnect_mid_stream_frees_the_slot(server):
             break
         time.sleep(0.1)
     assert httpx.get(server + "/health").json()["in_flight"] == 0
+
+
+def test_readme_serve_examples_run_as_written(tmp_path):
+    """The README's `stormvl serve` command, its openai client example and its curl example."""
+    import re
+    import shlex
+    import shutil
+
+    from stormvl.testing import start_server
+
+    from .conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### Serve") :]
+    bash, python, curl = re.findall(r"```(?:bash|python)\n(.*?)```", section, flags=re.S)[:3]
+    serve = next(line for line in bash.splitlines() if line.startswith("stormvl serve"))
+    args = shlex.split(serve)[2:]
+    args = [a for i, a in enumerate(args) if a != "--port" and (i == 0 or args[i - 1] != "--port")]
+    proc, url = start_server(*args, cwd=ROOT)
+    try:
+        code = python.replace("http://127.0.0.1:8000", url)
+        r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr[-2000:]
+        out = r.stdout.split()
+        assert out == ["right", "16", "visual", "tokens"]
+        if shutil.which("curl"):
+            command = curl.split("\n# ->")[0].replace("http://127.0.0.1:8000", url)
+            r = subprocess.run(command, shell=True, cwd=ROOT, capture_output=True, text=True, timeout=120)
+            assert json.loads(r.stdout)["choices"][0]["message"]["content"] == "B. right"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_full_queue_gets_429_and_a_slow_request_504():
+    from fastapi.testclient import TestClient
+
+    import stormvl
+    from stormvl.serve.app import ServeSettings, create_app
+
+    pipe = stormvl.load()
+    body = {"model": "stormvl", "messages": video_message(data_url(EXAMPLE.read_bytes()), DIRECTION)}
+    app = create_app(pipe, ServeSettings(max_queue=1))
+    with TestClient(app) as c:
+        app.state.scheduler.acquire()  # the one slot is taken
+        r = c.post("/v1/chat/completions", json=body)
+        assert r.status_code == 429 and r.json()["error"]["type"] == "rate_limit_error"
+        app.state.scheduler.release()
+        assert c.post("/v1/chat/completions", json=body).status_code == 200
+    with TestClient(create_app(pipe, ServeSettings(request_timeout=1e-4))) as c:
+        r = c.post("/v1/chat/completions", json=body)
+        assert r.status_code == 504 and "longer than" in r.json()["error"]["message"]

@@ -244,6 +244,7 @@ def create_app(pipe: StormPipeline, settings: ServeSettings) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
+        started = time.perf_counter()
         raw = await request.body()
         if len(raw) > max_body:
             return error_response(413, f"the request body is larger than the server's {settings.max_upload_mb:g} MB")
@@ -275,13 +276,18 @@ def create_app(pipe: StormPipeline, settings: ServeSettings) -> FastAPI:
         key = f"{req.video_uuid and 'uuid:' + req.video_uuid or media.key}|{sampling}"
         loop = asyncio.get_running_loop()
         job = Job(key, req.question, req.options, req.history, req.max_tokens, req.temporal_sample, loop)
-        started = time.perf_counter()
         try:
             if not scheduler.cached(key):  # decoding runs beside the event loop and the model
-                job.clip = await asyncio.wait_for(
-                    loop.run_in_executor(decoders, lambda: pipe.load_clip(media.path, req.num_frames, fps=req.fps)),
-                    settings.request_timeout,
-                )
+                with scheduler.decoding():
+                    job.clip = await asyncio.wait_for(
+                        loop.run_in_executor(
+                            decoders, lambda: pipe.load_clip(media.open(), req.num_frames, fps=req.fps)
+                        ),
+                        settings.request_timeout,
+                    )
+        except MediaError as e:
+            release()
+            return error_response(e.status, str(e), "video_url")
         except StormError as e:
             release()
             return error_response(400, first_line(e), "video_url")

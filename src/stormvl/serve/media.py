@@ -26,14 +26,33 @@ class MediaError(Exception):
         self.status = status
 
 
+def _write_temporary(data: bytes, suffix: str) -> Path:
+    fd, name = tempfile.mkstemp(prefix="stormvl-", suffix=suffix if suffix.strip(".").isalnum() else ".mp4")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return Path(name)
+
+
 @dataclass
 class Media:
-    path: Path  # a local file PyAV can open
+    path: Path | None  # a local file PyAV can open; None until `open` writes a data: payload
     key: str  # identifies the content: equal keys, equal video
     temporary: bool  # the server wrote it and removes it after decoding
+    payload: str | None = None  # a data: URL's base64 text, not yet decoded
+    suffix: str = ".mp4"
+
+    def open(self) -> Path:
+        """The video as a local file (a data: payload is decoded and written here, once)."""
+        if self.path is None:
+            try:
+                data = base64.b64decode(self.payload, validate=True)
+            except (binascii.Error, ValueError):
+                raise MediaError(400, "the video's base64 data is not valid base64") from None
+            self.path = _write_temporary(data, self.suffix)
+        return self.path
 
     def cleanup(self):
-        if self.temporary:
+        if self.temporary and self.path is not None:
             self.path.unlink(missing_ok=True)
 
 
@@ -69,19 +88,16 @@ class MediaPolicy:
             raise MediaError(400, f"a data: URL of type {mime or 'none'!r} is not a video")
         if len(payload) * 3 // 4 > self.max_bytes:
             raise MediaError(413, f"the video is larger than the server's limit of {self.max_bytes // 2**20} MB")
-        try:
-            data = base64.b64decode(payload, validate=True)
-        except (binascii.Error, ValueError):
-            raise MediaError(400, "the video's base64 data is not valid base64") from None
-        if not data:
+        if not payload:
             raise MediaError(400, "the data: video URL holds no data")
-        return self._temporary(data, "." + mime.split("/", 1)[1].split("+")[0][:8])
+        # Keyed by the text as sent, so a follow-up about a video the server has already encoded
+        # costs one hash: the payload is decoded and written only when it is needed (`open`).
+        key = "sha256:" + hashlib.sha256(payload.encode()).hexdigest()
+        suffix = "." + mime.split("/", 1)[1].split("+")[0][:8]
+        return Media(None, key, temporary=True, payload=payload, suffix=suffix)
 
     def _temporary(self, data: bytes, suffix: str) -> Media:
-        fd, name = tempfile.mkstemp(prefix="stormvl-", suffix=suffix if suffix.strip(".").isalnum() else ".mp4")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        return Media(Path(name), "sha256:" + hashlib.sha256(data).hexdigest(), temporary=True)
+        return Media(_write_temporary(data, suffix), "sha256:" + hashlib.sha256(data).hexdigest(), temporary=True)
 
     def _local(self, path: str) -> Media:
         if not self.allowed_dirs:

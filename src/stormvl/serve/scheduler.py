@@ -45,9 +45,18 @@ class Job:
 
 class Scheduler:
     def __init__(
-        self, pipe: StormPipeline, *, max_batch: int = 8, max_queue: int = 64, cache_videos: int = 32, start=True
+        self,
+        pipe: StormPipeline,
+        *,
+        max_batch: int = 8,
+        max_queue: int = 64,
+        cache_videos: int = 32,
+        batch_wait_s: float = 0.02,
+        start=True,
     ):
         self.pipe = pipe
+        self.batch_wait_s = batch_wait_s
+        self._decoding = 0  # requests admitted and still decoding their video
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.cache_videos = cache_videos
@@ -85,6 +94,11 @@ class Scheduler:
         with self._lock:
             return key in self._cache
 
+    def decoding(self):
+        """Marks a request whose video is being decoded: a batch about to start waits a moment
+        (at most `batch_wait_s`) for it rather than leaving it for the next batch."""
+        return _Decoding(self)
+
     def submit(self, job: Job) -> None:
         with self._wake:
             self._jobs.append(job)
@@ -102,6 +116,12 @@ class Scheduler:
             with self._wake:
                 while not self._jobs and not self._stop:
                     self._wake.wait()
+                until = time.perf_counter() + self.batch_wait_s
+                while self._decoding and len(self._jobs) < self.max_batch and not self._stop:
+                    left = until - time.perf_counter()
+                    if left <= 0:
+                        break
+                    self._wake.wait(left)
                 if self._stop:
                     return
                 # Everything waiting now goes in one batch: under load, requests pile up while
@@ -170,3 +190,17 @@ class Scheduler:
         for j in jobs:
             j.clip = None  # the frames are no longer needed
         return found
+
+
+class _Decoding:
+    def __init__(self, scheduler: Scheduler):
+        self.s = scheduler
+
+    def __enter__(self):
+        with self.s._wake:
+            self.s._decoding += 1
+
+    def __exit__(self, *exc):
+        with self.s._wake:
+            self.s._decoding -= 1
+            self.s._wake.notify()

@@ -1,0 +1,246 @@
+"""Load on `stormvl serve` (the embedded model, 127.0.0.1): 1, 4 and 16 concurrent clients, each
+sending a fixed number of streamed requests about distinct synthetic clips (base64 mp4, so every
+request decodes and encodes its own video), then a conversation run (first question against a
+follow-up about the same video) and a mixed run where a quarter of the requests are bad.
+
+    python benchmarks/serve_load.py [--requests 20] [--clients 1 4 16] [--out runs/serve_load]
+
+Reports requests per second, p50/p95/p99 latency and time to first token, errors, and the server's
+peak memory (VmHWM). Bounded: it stops by itself once every client has sent its requests.
+"""
+
+import argparse
+import base64
+import json
+import random
+import statistics
+import threading
+import time
+from pathlib import Path
+
+from stormvl.testing import start_server
+
+ROOT = Path(__file__).resolve().parents[1]
+QUESTIONS = ["What happens in the video?", "Which direction does the red square move?"]
+
+
+def make_clips(out: Path, n: int, frames: int = 16, seed: int = 0) -> list[Path]:
+    """n distinct synthetic clips (seeds seed .. seed + n - 1): distinct content, so the server's
+    cache of encoded videos never answers for a clip it has not seen."""
+    from stormvl.data.synthetic import TASKS, make_sample
+    from stormvl.video import write_video
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        p = out / f"clip{i:04d}.mp4"
+        if not p.exists():
+            rng = random.Random(seed + i)
+            sample, *_ = make_sample(rng, TASKS[i % len(TASKS)], frames)
+            write_video(p, sample, fps=8)
+        paths.append(p)
+    return paths
+
+
+def data_url(path: Path) -> str:
+    return "data:video/mp4;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def messages(url: str, question: str, **part):
+    return [{"role": "user", "content": [{"type": "text", "text": question},
+                                        {"type": "video_url", "video_url": {"url": url}, **part}]}]  # fmt: skip
+
+
+def one_request(client, msgs, **extra):
+    """(status, seconds, seconds to first token); status 200 or the error's HTTP status. A plain
+    httpx client parsing the SSE stream: on 2 cores shared with the server, the openai client's
+    per-chunk parsing would be measured as server time (the tests use the openai client)."""
+    import httpx
+
+    body = {"model": "stormvl-default", "messages": msgs, "stream": True, **extra}
+    t0 = time.perf_counter()
+    first = None
+    try:
+        with client.stream("POST", "/v1/chat/completions", json=body) as r:
+            if r.status_code != 200:
+                r.read()
+                return r.status_code, time.perf_counter() - t0, None
+            for line in r.iter_lines():
+                if (
+                    first is None
+                    and line.startswith("data: {")
+                    and '"content": "' in line
+                    and '"content": ""' not in line
+                ):
+                    first = time.perf_counter()
+    except httpx.HTTPError:
+        return -1, time.perf_counter() - t0, None
+    t1 = time.perf_counter()
+    return 200, t1 - t0, (first or t1) - t0
+
+
+def pct(values, q):
+    v = sorted(values)
+    return v[min(len(v) - 1, int(round(q / 100 * (len(v) - 1))))]
+
+
+def load_run(url, clips, clients, per_client, bad_fraction=0.0, allowed=None, seed=0):
+    import httpx
+
+    results = []
+    lock = threading.Lock()
+    rng = random.Random(seed)
+    plan = []  # (client, kind, clip) fixed before the run, so runs are repeatable
+    for c in range(clients):
+        for r in range(per_client):
+            kind = "good"
+            if rng.random() < bad_fraction:
+                kind = rng.choice(["truncated", "forbidden", "too_many_frames"])
+            plan.append((c, kind, clips[(c * per_client + r) % len(clips)]))
+
+    def worker(c):
+        client = httpx.Client(base_url=url, timeout=300)
+        for cc, kind, clip in plan:
+            if cc != c:
+                continue
+            q = QUESTIONS[hash(clip.name) % len(QUESTIONS)]
+            if kind == "good":
+                msgs, extra = messages(data_url(clip), q), {}
+            elif kind == "truncated":
+                data = clip.read_bytes()
+                msgs, extra = messages("data:video/mp4;base64," + base64.b64encode(data[: len(data) // 3]).decode(),
+                                       q), {}  # fmt: skip
+            elif kind == "forbidden":
+                msgs, extra = messages(str(Path(allowed) / ".." / "secret.mp4"), q), {}
+            else:
+                msgs, extra = messages(data_url(clip), q, num_frames=100000), {}
+            status, secs, ttft = one_request(client, msgs, **extra)
+            with lock:
+                results.append({"kind": kind, "status": status, "seconds": secs, "ttft": ttft})
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(c,)) for c in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    return results, wall
+
+
+def summarize(results, wall):
+    good = [r for r in results if r["kind"] == "good" and r["status"] == 200]
+    expected = {"truncated": 400, "forbidden": 403, "too_many_frames": 400}
+    errors = sum(1 for r in results if r["kind"] == "good" and r["status"] != 200)
+    wrong_4xx = sum(1 for r in results if r["kind"] != "good" and r["status"] != expected[r["kind"]])
+    lat = [r["seconds"] for r in good] or [float("nan")]
+    ttft = [r["ttft"] for r in good] or [float("nan")]
+    return {
+        "requests": len(results),
+        "rps": len(results) / wall,
+        "p50": pct(lat, 50), "p95": pct(lat, 95), "p99": pct(lat, 99),
+        "ttft_p50": pct(ttft, 50), "ttft_p95": pct(ttft, 95), "ttft_p99": pct(ttft, 99),
+        "errors": errors,
+        "bad": sum(1 for r in results if r["kind"] != "good"),
+        "bad_with_wrong_status": wrong_4xx,
+    }  # fmt: skip
+
+
+def conversation_run(url, clips, frames):
+    """First question about a fresh video against a follow-up in the same conversation (medians)."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=300)
+    firsts, follows = [], []
+    for clip in clips:
+        msgs = messages(data_url(clip), QUESTIONS[0], num_frames=frames)
+        t = time.perf_counter()
+        r = client.chat.completions.create(model="stormvl-default", messages=msgs)
+        firsts.append(time.perf_counter() - t)
+        msgs += [{"role": "assistant", "content": r.choices[0].message.content},
+                 {"role": "user", "content": QUESTIONS[1]}]  # fmt: skip
+        t = time.perf_counter()
+        client.chat.completions.create(model="stormvl-default", messages=msgs)
+        follows.append(time.perf_counter() - t)
+    return statistics.median(firsts), statistics.median(follows)
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=20, help="requests per client")
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--out", default=str(ROOT / "runs" / "serve_load"))
+    a = ap.parse_args()
+    import httpx
+
+    out = Path(a.out)
+    total = a.requests * (sum(a.clients) + 4) + 20
+    clips = make_clips(out / "clips", total)
+    allowed = out / "allowed"
+    allowed.mkdir(parents=True, exist_ok=True)
+    (out / "secret.mp4").write_bytes(clips[0].read_bytes())
+    proc, url = start_server("--allowed-local-media-path", allowed, "--max-frames", "64", "--max-queue", "256")
+    rows, offset = {}, 0
+    try:
+        # One warm-up request: the first call pays for lazy initialisation.
+        load_run(url, clips[-1:], 1, 1)
+        for n in a.clients:
+            used = clips[offset : offset + n * a.requests]
+            offset += n * a.requests
+            results, wall = load_run(url, used, n, a.requests)
+            rows[f"{n} clients"] = summarize(results, wall)
+            print(f"{n} clients: {rows[f'{n} clients']}", flush=True)
+        used = clips[offset : offset + 4 * a.requests]
+        offset += 4 * a.requests
+        results, wall = load_run(url, used, 4, a.requests, bad_fraction=0.25, allowed=allowed, seed=1)
+        rows["4 clients, 25% bad"] = summarize(results, wall)
+        health = httpx.get(url + "/health", timeout=10)
+        alive = health.status_code == 200 and health.json()["in_flight"] == 0
+        conversations = {}
+        for frames in (16, 64):  # the model's default, and a longer read of 64-frame clips
+            long_clips = make_clips(out / f"clips{frames}", 10, frames=frames, seed=10**6)
+            conversations[frames] = conversation_run(url, long_clips, frames)
+        stats = httpx.get(url + "/health", timeout=10).json()
+        peak = peak_rss_mib(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    head = "| run | requests | req/s | p50 s | p95 s | p99 s | TTFT p50 s | TTFT p95 s | TTFT p99 s | errors |"
+    lines = [head + " bad (wrong status) |", "|---" * 11 + "|"]
+    for name, r in rows.items():
+        lines.append(
+            f"| {name} | {r['requests']} | {r['rps']:.2f} | {r['p50']:.3f} | {r['p95']:.3f} | {r['p99']:.3f} "
+            f"| {r['ttft_p50']:.3f} | {r['ttft_p95']:.3f} | {r['ttft_p99']:.3f} | {r['errors']} "
+            f"| {r['bad']} ({r['bad_with_wrong_status']}) |"
+        )
+    base = rows.get("1 clients")
+    summary = [
+        "",
+        f"- throughput at 4 clients / 1 client: {rows['4 clients']['rps'] / base['rps']:.2f}x"
+        if base and "4 clients" in rows
+        else "",
+        *(
+            f"- conversation on {n}-frame clips: first question {f:.3f} s, follow-up {u:.3f} s (medians of 10): "
+            f"{100 * u / f:.0f}% of the first"
+            for n, (f, u) in conversations.items()
+        ),
+        f"- server peak memory (VmHWM): {peak:.0f} MiB; largest batch {stats['largest_batch']}, "
+        f"{stats['batches']} batches for {stats['answered']} answers",
+        f"- after the mixed run the server answered /health: {alive}",
+    ]
+    text = "\n".join(lines + [s for s in summary if s])
+    out.mkdir(parents=True, exist_ok=True)
+    results = {"rows": rows, "conversations": conversations, "peak_mib": peak, "stats": stats, "alive": alive}
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
