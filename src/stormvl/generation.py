@@ -25,7 +25,7 @@ def eos_ids(model, tokenizer) -> set[int]:
     return ids
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def greedy_decode(
     lm,
     embeds: list[torch.Tensor],

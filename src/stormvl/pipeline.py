@@ -167,7 +167,7 @@ class StormPipeline:
         size = self.config.vision_config.image_size
         return load_video(video, n, fps=fps, max_frames=n, progress=progress, size=size)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def encode(self, clips: list[VideoClip], temporal_sample: int | None = None) -> list[EncodedVideo]:
         """Decoded clips -> their reduced visual tokens; clips of equal length share one call."""
         s = self.config.temporal_sample if temporal_sample is None else temporal_sample
@@ -182,7 +182,7 @@ class StormPipeline:
             for f, c in zip(feats, clips)
         ]
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def respond(self, requests: list[Request], on_text=None, cancelled=None) -> list[Answer]:
         """Answers to questions about already encoded videos. Multiple-choice questions of a
         likelihood model rank their options (one LLM pass each); the others are decoded together.
@@ -268,7 +268,7 @@ class StormPipeline:
             completion_tokens=completion_tokens,
         )
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def option_scores(
         self,
         clip: VideoClip | None,
