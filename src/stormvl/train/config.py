@@ -14,6 +14,7 @@ from ..config import check_overrides
 from ..errors import ConfigError
 from ..frame_plan import MAX_FRAMES
 from ..model_folder import check_model_folder
+from ..models.lora import LoraSettings
 from ..testing import TinySize
 
 
@@ -40,7 +41,9 @@ class ModelConfig:
 @dataclass
 class StageConfig:
     name: str = "sft"
-    train: str = "all"  # "projector": projector + temporal encoder only (alignment); "all"
+    # "projector": projector + temporal encoder only (alignment); "lora": those and LoRA adapters
+    # on the frozen LLM; "all": everything.
+    train: str = "all"
     steps: int = 100
     lr: float = 1e-3
     num_frames: int | None = None  # default: data.num_frames
@@ -49,6 +52,7 @@ class StageConfig:
     # stage asks for a stride here, whatever the model's saved temporal_sample says.
     temporal_sample: int | None = None
     data: list[str] | None = None  # this stage's annotation files (default: data.train)
+    lora: LoraSettings | None = None  # adapter settings for train: lora (default: LoraSettings())
 
 
 @dataclass
@@ -97,8 +101,14 @@ class TrainConfig:
         if not self.stages:
             raise ConfigError("stages: give at least one stage")
         for s in self.stages:
-            if s.train not in ("projector", "all"):
-                raise ConfigError(f"stage {s.name}: train must be 'projector' or 'all', not {s.train!r}")
+            if s.train not in ("projector", "lora", "all"):
+                raise ConfigError(f"stage {s.name}: train must be 'projector', 'lora' or 'all', not {s.train!r}")
+            if s.lora is not None and s.train != "lora":
+                raise ConfigError(f"stage {s.name}: lora settings need train: lora")
+            if s.lora is not None and (s.lora.r < 1 or s.lora.alpha <= 0 or not 0 <= s.lora.dropout < 1):
+                raise ConfigError(f"stage {s.name}: lora needs r >= 1, alpha > 0 and dropout in [0, 1)")
+            if s.train == "lora" and self.strategy == "fsdp":
+                raise ConfigError(f"stage {s.name}: LoRA stages run under ddp, not fsdp")
             if s.steps < 1 or s.lr <= 0:
                 raise ConfigError(f"stage {s.name}: steps must be >= 1 and lr > 0")
         if not 0.0 <= self.data.open_ended_ratio <= 1.0:

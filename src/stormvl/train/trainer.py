@@ -24,6 +24,7 @@ import torch.distributed as dist
 
 from ..data.dataset import VideoQADataset, read_training_samples
 from ..errors import ConfigError, DataFormatError, ModelFolderError, first_line
+from ..models import lora
 from ..models.storm import StormForConditionalGeneration
 from ..processing import OPTION_LETTERS, StormProcessor, move_batch
 from .config import TrainConfig
@@ -103,14 +104,18 @@ def latest_checkpoint(output_dir) -> Path | None:
 
 
 def set_trainable(model: StormForConditionalGeneration, what: str):
-    """'projector': the alignment stage, vision tower and LLM frozen; 'all': everything trains."""
+    """'projector': the alignment stage, vision tower and LLM frozen; 'lora': that plus the LLM's
+    LoRA adapters; 'all': everything trains."""
     for p in model.parameters():
         p.requires_grad_(what == "all")
-    if what == "projector":
+    if what in ("projector", "lora"):
         for mod in (model.projector, model.temporal_encoder):
             if mod is not None:
                 for p in mod.parameters():
                     p.requires_grad_(True)
+    if what == "lora":
+        for p in lora.lora_parameters(model):
+            p.requires_grad_(True)
 
 
 def lr_lambda(warmup: int, total: int):
@@ -295,6 +300,9 @@ class Trainer:
             if start_step >= stage.steps:
                 continue
             model = self._unwrapped(self.model)
+            if stage.train == "lora" and not lora.has_lora(model):
+                lora.add_lora(model, stage.lora or lora.LoraSettings())
+                model.to(self.device)
             set_trainable(model, stage.train)
             frames = stage.num_frames or cfg.data.num_frames
             changes = {"num_frames": frames}
