@@ -1,4 +1,4 @@
-"""`stormvl` command: answer, chat, serve, fetch, merge-lora, synth, train, eval, bench.
+"""`stormvl` command: answer, chat, serve, fetch, merge-lora, convert-data, synth, train, eval, bench.
 
 Every error a user can cause (a `StormError`: bad video, bad config, missing file) ends as one
 line on stderr and exit status 2; anything else is a bug and keeps its traceback. torch and
@@ -338,6 +338,26 @@ def cmd_merge_lora(a):
     print(f"merged {a.model}'s adapter into {a.out}", file=sys.stderr)
 
 
+def cmd_convert_data(a):
+    from .data.formats import convert
+    from .data.records import write_jsonl
+
+    if os.path.exists(a.output):
+        raise InputError(f"{a.output} already exists; give a new file (nothing was changed)")
+    _writable_dir(os.path.dirname(os.path.abspath(a.output)))
+    if a.video_root is not None and not os.path.isdir(a.video_root):
+        raise InputError(f"--video-root {a.video_root}: no such folder")
+    out = convert(a.fmt, a.input, a.video_root)
+    for p in out.problems[:20]:
+        print(f"stormvl: warning: skipped {p}", file=sys.stderr)
+    if len(out.problems) > 20:
+        print(f"stormvl: warning: ... and {len(out.problems) - 20} more bad records", file=sys.stderr)
+    if not out.records:
+        raise InputError(f"{a.input}: no usable record ({len(out.problems)} bad); nothing was written")
+    write_jsonl(a.output, out.records)
+    print(f"wrote {len(out.records)} records to {a.output}; skipped {len(out.problems)} bad", file=sys.stderr)
+
+
 def cmd_synth(a):
     from .data.synthetic import TASKS, generate_split
 
@@ -568,6 +588,14 @@ def build_parser():
     s.add_argument("model", help="a STORM model folder with an adapter/ (from a train: lora stage)")
     s.add_argument("out", help="the new folder for the merged model")
     s.set_defaults(fn=cmd_merge_lora)
+
+    s = sub.add_parser("convert-data", help="video-instruction data from other formats into training records")
+    s.add_argument("--from", dest="fmt", required=True,
+                   choices=["llava-video", "llava-onevision", "vila", "sharegpt4video", "llamafactory"])  # fmt: skip
+    s.add_argument("input", help="the annotation file (JSON list or JSONL)")
+    s.add_argument("output", help="the training records to write (JSONL; must not exist)")
+    s.add_argument("--video-root", help="folder the records' videos are relative to (default: the input's folder)")
+    s.set_defaults(fn=cmd_convert_data)
 
     s = sub.add_parser("synth", help="write a synthetic temporal video-QA split")
     s.add_argument("--out", required=True)

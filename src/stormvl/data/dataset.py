@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from ..errors import DataFormatError, MissingFileError, VideoError
 from ..processing import OPTION_LETTERS
 from ..video import load_image, load_video
+from .formats import PLACEHOLDERS, BadRecord, check_turns
 
 
 @dataclass
@@ -24,6 +25,7 @@ class Sample:
     options: list[str] | None
     answer: str  # what the model should say
     image: bool = False  # a still image: read as a one-frame video
+    history: tuple = ()  # earlier (question, reply) turns of a multi-turn conversation
 
 
 def _read_any(path: Path) -> list[dict]:
@@ -49,45 +51,68 @@ def _text(value, f, i, what) -> str:
 
 
 def read_training_samples(files, video_root=None) -> list[Sample]:
-    samples = []
+    """Every sample of the annotation files. A bad record is reported (file, record and what is
+    wrong) and skipped; only files with no usable record at all are an error. A conversation with
+    several exchanges gives one sample per reply, with the turns before it as history."""
+    samples, problems = [], []
     for f in files:
         f = Path(f)
         if not f.is_file():
             raise MissingFileError(f"{f}: no such annotation file")
         root = Path(video_root) if video_root else f.parent
         for i, row in enumerate(_read_any(f)):
-            if not isinstance(row, dict):
-                raise DataFormatError(f"{f}: record {i} is a {type(row).__name__}, not an object")
-            # LLaVA-pretrain style image-text records ({"image": ...}) train as one-frame videos.
-            image = "image" in row and "video" not in row
-            media = _text(row.get("image" if image else "video"), f, i, "'image'" if image else "'video'")
-            path = str(media if Path(media).is_absolute() else root / media)
-            if "conversations" in row:
-                conv = row["conversations"]
-                if not isinstance(conv, list) or not all(isinstance(c, dict) for c in conv):
-                    raise DataFormatError(f"{f}: record {i}: 'conversations' must be a list of turns")
-                human = next((c.get("value") for c in conv if c.get("from") in ("human", "user")), None)
-                gpt = next((c.get("value") for c in conv if c.get("from") in ("gpt", "assistant")), None)
-                if human is None or gpt is None:
-                    raise DataFormatError(f"{f}: record {i} needs a human and a gpt turn")
-                question = _text(human, f, i, "the human turn").replace("<video>", "").replace("<image>", "").strip()
-                samples.append(Sample(path, question, None, _text(gpt, f, i, "the gpt turn").strip(), image))
-            elif "question" in row and "options" in row and "answer" in row:
-                opts = row["options"]
-                if not isinstance(opts, list) or not opts or not all(isinstance(o, str) for o in opts):
-                    raise DataFormatError(f"{f}: record {i}: 'options' must be a non-empty list of texts")
-                ans = row["answer"]
-                if not isinstance(ans, str) or ans not in OPTION_LETTERS[: len(opts)]:
-                    raise DataFormatError(f"{f}: record {i}: answer {ans!r} is not one of its option letters")
-                samples.append(Sample(path, _text(row["question"], f, i, "'question'"), opts, ans, image))
-            else:
-                raise DataFormatError(
-                    f"{f}: record {i} is neither a conversation nor a multiple-choice record "
-                    "(needs 'conversations', or 'question'+'options'+'answer')"
-                )
+            try:
+                samples += _samples_of(row, f, i, root)
+            except DataFormatError as e:
+                problems.append(str(e))
+    if problems:
+        warnings.warn(
+            f"skipped {len(problems)} bad training record(s); the first: {problems[0]}"
+            + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
+            stacklevel=2,
+        )
     if not samples:
-        raise DataFormatError(f"no training samples in {list(map(str, files))}")
+        first = f" ({len(problems)} bad record(s), the first: {problems[0]})" if problems else ""
+        raise DataFormatError(f"no training samples in {list(map(str, files))}{first}")
     return samples
+
+
+def _samples_of(row, f, i, root) -> list[Sample]:
+    if not isinstance(row, dict):
+        raise DataFormatError(f"{f}: record {i} is a {type(row).__name__}, not an object")
+    # LLaVA-pretrain style image-text records ({"image": ...}) train as one-frame videos.
+    image = "image" in row and "video" not in row
+    media = _text(row.get("image" if image else "video"), f, i, "'image'" if image else "'video'")
+    path = str(media if Path(media).is_absolute() else root / media)
+    if "conversations" in row:
+        conv = row["conversations"]
+        if not isinstance(conv, list) or not all(isinstance(c, dict) for c in conv):
+            raise DataFormatError(f"{f}: record {i}: 'conversations' must be a list of turns")
+        roles = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+        turns = [(roles.get(c.get("from"), c.get("from")), c.get("value")) for c in conv]
+        try:
+            for j, (_, text) in enumerate(turns):
+                _text(text, f, i, f"turn {j}")
+            check_turns(turns)
+        except BadRecord as e:
+            raise DataFormatError(f"{f}: record {i} {e}") from None
+        texts = [t for _, t in turns]
+        for p in PLACEHOLDERS:
+            texts = [t.replace(p, "") for t in texts]
+        pairs = [(texts[k].strip(), texts[k + 1].strip()) for k in range(0, len(texts), 2)]
+        return [Sample(path, q, None, a, image, tuple(pairs[:k])) for k, (q, a) in enumerate(pairs)]
+    if "question" in row and "options" in row and "answer" in row:
+        opts = row["options"]
+        if not isinstance(opts, list) or not opts or not all(isinstance(o, str) for o in opts):
+            raise DataFormatError(f"{f}: record {i}: 'options' must be a non-empty list of texts")
+        ans = row["answer"]
+        if not isinstance(ans, str) or ans not in OPTION_LETTERS[: len(opts)]:
+            raise DataFormatError(f"{f}: record {i}: answer {ans!r} is not one of its option letters")
+        return [Sample(path, _text(row["question"], f, i, "'question'"), opts, ans, image)]
+    raise DataFormatError(
+        f"{f}: record {i} is neither a conversation nor a multiple-choice record "
+        "(needs 'conversations', or 'question'+'options'+'answer')"
+    )
 
 
 class VideoQADataset(Dataset):
@@ -124,4 +149,4 @@ class VideoQADataset(Dataset):
         except VideoError as e:
             warnings.warn(f"skipping training sample {i}: {e}", stacklevel=2)
             return None
-        return frames, s.question, s.options, s.answer
+        return frames, s.question, s.options, s.answer, s.history

@@ -49,7 +49,7 @@ def build_model(cfg: TrainConfig, samples):
 
         # The vocabulary is the training data's own words (plus what the processor writes), so a
         # tiny model trains on any data, not only on the synthetic tasks.
-        texts = [t for s in samples for t in (s.question, s.answer, *(s.options or []))]
+        texts = [t for s in samples for t in (s.question, s.answer, *(s.options or []), *sum(s.history, ()))]
         tok = build_word_tokenizer(texts)
         config = tiny_config(tok, m.tiny, **storm)
         model = StormForConditionalGeneration(config)
@@ -222,14 +222,14 @@ class Trainer:
             it = ds[i]
             if it is None:
                 continue
-            frames, q, opts, ans = it
+            frames, q, opts, ans, history = it
             if open_ended and opts:
                 opts, ans = None, opts[OPTION_LETTERS.index(ans)]
-            items.append((frames, q, opts, ans))
+            items.append((frames, q, opts, ans, history))
         if not items:
             return None
-        frames, questions, options, answers = zip(*items)
-        prompts = [self.processor.prompt_text(q, o) for q, o in zip(questions, options)]
+        frames, questions, options, answers, histories = zip(*items)
+        prompts = [self.processor.prompt_text(q, o, h) for q, o, h in zip(questions, options, histories)]
         return self.processor(list(frames), prompts, answers=list(answers), temporal_sample=temporal_sample)
 
     # -- checkpoints ---------------------------------------------------------------------------

@@ -1,0 +1,101 @@
+"""Conversion from the published video-instruction formats, each with every kind of bad record."""
+
+import json
+
+import pytest
+
+from stormvl.cli import main
+from stormvl.data.dataset import read_training_samples
+from stormvl.data.formats import convert
+
+
+@pytest.fixture
+def media(tmp_path):
+    (tmp_path / "v").mkdir()
+    for name in ("a.mp4", "b.mp4", "vid1.mp4"):
+        (tmp_path / "v" / name).write_bytes(b"x")
+    (tmp_path / "v" / "p.jpg").write_bytes(b"x")
+    return tmp_path
+
+
+def _llava(video="v/a.mp4", turns=None, key="video", **extra):
+    turns = turns or [("human", "<image>\nWhat happens?"), ("gpt", "A ball rolls."), ("human", "Where?"),
+                      ("gpt", "On a table.")]  # fmt: skip
+    return {"id": "r", key: video, "conversations": [{"from": f, "value": v} for f, v in turns], **extra}
+
+
+LLAVA_BAD = [
+    (_llava(video="v/missing.mp4"), "does not exist"),
+    (_llava(turns=[("human", "What happens?"), ("gpt", "x")]), "0 <video>/<image> placeholders"),
+    (_llava(turns=[("human", "<video><video> q"), ("gpt", "x")]), "2 <video>/<image> placeholders"),
+    (_llava(turns=[("human", "<image> q"), ("human", "q2")]), "turn 1 is the user's"),
+    (_llava(turns=[("gpt", "<image> q"), ("human", "x")]), "turn 0 is the assistant's"),
+    (_llava(turns=[("human", "<image> q")]), "has 1 turns"),
+    (_llava(turns=[("human", "<image> q"), ("robot", "x")]), "turn 1 is from 'robot'"),
+    (_llava(turns=[("human", "<image> q"), ("gpt", "")]), "turn 1's value must be a non-empty text"),
+    (_llava(turns=[("human", "q"), ("gpt", "x"), ("human", "<image> q2"), ("gpt", "y")]), "first user turn"),
+    ({"id": "r", "conversations": []}, "exactly one of 'video' or 'image'"),
+    (_llava(video=["v/a.mp4", "v/b.mp4"]), "lists 2 videos"),
+    ("just a string", "is a str"),
+]
+
+
+@pytest.mark.parametrize("fmt", ["llava-video", "llava-onevision", "vila"])
+def test_llava_style_formats(media, fmt):
+    good = [_llava(), _llava(video="p.jpg", key="image", turns=[("human", "<image>\nDescribe."), ("gpt", "A dog.")])]
+    good[1]["image"] = "v/p.jpg"
+    rows = good + [r for r, _ in LLAVA_BAD]
+    (media / "d.json").write_text(json.dumps(rows))
+    out = convert(fmt, media / "d.json")
+    assert len(out.records) == 2 and len(out.problems) == len(LLAVA_BAD)
+    for problem, (_, message) in zip(out.problems, LLAVA_BAD):
+        assert message in problem and "d.json: record" in problem, (problem, message)
+    assert out.records[0]["conversations"][2] == {"from": "human", "value": "Where?"}
+    assert "image" in out.records[1]
+
+
+def test_llamafactory_and_sharegpt4video(media):
+    def lf(videos=("v/a.mp4",), msgs=None):
+        msgs = msgs or [("user", "<video>Why is it funny?"), ("assistant", "The cat falls.")]
+        return {"messages": [{"role": r, "content": c} for r, c in msgs], "videos": list(videos)}
+
+    rows = [lf(), lf(videos=()), lf(videos=("v/a.mp4", "v/b.mp4")), lf(msgs=[("user", "<video>q"), ("user", "x")]),
+            lf(msgs=[("user", "<video>q"), ("tool", "x")]), lf(videos=("v/none.mp4",))]  # fmt: skip
+    (media / "lf.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n{broken\n")
+    out = convert("llamafactory", media / "lf.jsonl")
+    assert len(out.records) == 1 and len(out.problems) == 6
+    assert [p.split(": ")[0].rsplit(":", 1)[1] for p in out.problems] == ["2", "3", "4", "5", "6", "7"]
+    assert "not valid JSON" in out.problems[-1]
+
+    s4v = [{"video_id": "vid1", "captions": [{"idx": "0", "content": "start"}, {"idx": "-1", "content": "All of it."}]},
+           {"video_id": "vid1", "captions": [{"idx": "0", "content": "no whole caption"}]},
+           {"video_id": "nope", "captions": [{"idx": "-1", "content": "x"}]}, {"captions": []}]  # fmt: skip
+    (media / "s.jsonl").write_text("\n".join(json.dumps(r) for r in s4v))
+    out = convert("sharegpt4video", media / "s.jsonl", video_root=media / "v")
+    assert len(out.records) == 1 and out.records[0]["conversations"][1]["value"] == "All of it."
+    assert ["idx -1" in out.problems[0], "does not exist" in out.problems[1], "'video_id'" in out.problems[2]] == [
+        True, True, True]  # fmt: skip
+
+
+def test_convert_data_cli_and_the_trainer_reads_the_result(media, capsys):
+    rows = [_llava(), _llava(video="v/missing.mp4")]
+    (media / "d.json").write_text(json.dumps(rows))
+    out = media / "train.jsonl"
+    assert main(["convert-data", "--from", "llava-video", str(media / "d.json"), str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "skipped" in err and "record 1" in err and "wrote 1 records" in err
+    samples = read_training_samples([out])
+    # One sample per reply; the second carries the first exchange as history, placeholders removed.
+    assert [(s.question, s.answer) for s in samples] == [("What happens?", "A ball rolls."), ("Where?", "On a table.")]
+    assert samples[1].history == (("What happens?", "A ball rolls."),)
+    assert main(["convert-data", "--from", "llava-video", str(media / "d.json"), str(out)]) == 2  # never overwritten
+    (media / "bad.json").write_text(json.dumps([rows[1]]))
+    assert main(["convert-data", "--from", "vila", str(media / "bad.json"), str(media / "o.jsonl")]) == 2
+    assert not (media / "o.jsonl").exists()
+
+
+def test_the_trainer_skips_bad_records_and_says_how_many(media):
+    (media / "d.json").write_text(json.dumps([_llava(), _llava(turns=[("human", "q"), ("gpt", "x")])]))
+    with pytest.warns(UserWarning, match=r"skipped 1 bad training record.*record 1 has 0 <video>"):
+        samples = read_training_samples([media / "d.json"])
+    assert len(samples) == 2
