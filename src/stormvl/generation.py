@@ -47,11 +47,14 @@ def greedy_decode(
         x[i, width - e.shape[0] :] = e
         mask[i, width - e.shape[0] :] = 1
     pos = (mask.cumsum(1) - 1).clamp(min=0)  # (B, L)
+    # Without padding the mask says nothing, and building it costs each step more than a tiny
+    # model's layers: leave it out then (the same positions and attention either way).
+    padded = bool((mask == 0).any())
     # transformers 5.x names the KV cache `cache`; earlier releases `past_key_values`.
     params = inspect.signature(lm.forward).parameters
     cache_arg = "cache" if "cache" in params else "past_key_values"
     last_only = {"logits_to_keep": 1} if "logits_to_keep" in params else {}  # the prompt's last logits only
-    out = lm(inputs_embeds=x, attention_mask=mask, position_ids=pos, use_cache=True, **last_only)
+    out = lm(inputs_embeds=x, attention_mask=mask if padded else None, position_ids=pos, use_cache=True, **last_only)
     cache, logits = out[cache_arg], out.logits[:, -1]
     next_pos = pos[:, -1:] + 1  # (B, 1)
     tokens: list[list[int]] = [[] for _ in range(n)]
@@ -75,7 +78,7 @@ def greedy_decode(
             break
         # Finished rows keep riding along (their tokens are ignored): dropping them from the KV
         # cache would cost more than the few extra rows on the batch's last steps.
-        mask = torch.cat([mask, mask.new_ones(n, 1)], 1)
+        mask = torch.cat([mask, mask.new_ones(n, 1)], 1) if padded else None
         out = lm(
             inputs_embeds=embed(nxt[:, None]), attention_mask=mask, position_ids=next_pos, use_cache=True,
             **{cache_arg: cache},
