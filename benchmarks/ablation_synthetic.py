@@ -24,6 +24,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -58,16 +59,21 @@ def run(cmd):
 
 
 def train_all(configs, jobs):
-    """Trainings side by side, the cores split between them (a resumed run continues)."""
+    """Trainings side by side, the cores split between them; a finished one makes room for the
+    next at once (a resumed run continues from its checkpoint)."""
     threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
-    for i in range(0, len(configs), jobs):
-        procs = []
-        for cfg_path in configs[i : i + jobs]:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    todo, running = list(configs), []
+    while todo or running:
+        while todo and len(running) < jobs:
+            cfg_path = todo.pop(0)
             print("+ stormvl train", cfg_path, flush=True)
-            env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-            procs.append(subprocess.Popen([sys.executable, "-m", "stormvl.cli", "train", str(cfg_path)], env=env))
-        if any(p.wait() != 0 for p in procs):
-            sys.exit("a training run failed")
+            running.append(subprocess.Popen([sys.executable, "-m", "stormvl.cli", "train", str(cfg_path)], env=env))
+        time.sleep(5)
+        for p in [p for p in running if p.poll() is not None]:
+            if p.returncode != 0:
+                sys.exit("a training run failed")
+            running.remove(p)
 
 
 def losses(run_dir: Path):

@@ -1,4 +1,4 @@
-"""`stormvl` command: answer, chat, serve, fetch, merge-lora, convert-data, synth, train, eval, bench.
+"""`stormvl` command: answer, plan, chat, serve, fetch, merge-lora, convert-data, synth, train, eval, bench.
 
 Every error a user can cause (a `StormError`: bad video, bad config, missing file) ends as one
 line on stderr and exit status 2; anything else is a bug and keeps its traceback. torch and
@@ -68,7 +68,7 @@ def cmd_answer(a):
     # Arguments and the video are checked before torch and the model load (seconds).
     if a.frames is not None and not 1 <= a.frames <= MAX_FRAMES:
         raise InputError(f"{a.video}: num_frames must be an integer in [1, {MAX_FRAMES}], got {a.frames}")
-    _check_counts(a, temporal_sample=(1, None))
+    _check_counts(a, temporal_sample=(1, None), max_visual_tokens=(1, None))
     for text in [a.question, *(a.options or [])]:
         _check_text(text)
     if a.model is not None:
@@ -85,12 +85,14 @@ def cmd_answer(a):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ans = pipe.answer(
-            a.video, a.question, options, num_frames=frames, temporal_sample=a.temporal_sample,
+            a.video, a.question, options, num_frames=a.frames if a.max_visual_tokens else frames,
+            temporal_sample=a.temporal_sample, max_visual_tokens=a.max_visual_tokens,
             progress=info.duration > 120,
         )  # fmt: skip
     if not a.json:  # what was read, after it was read (a failure leaves only its error line)
         print(
-            f"{a.video}: {info.duration:.1f} s, {info.num_frames} frames; sampled {ans.num_frames} -> "
+            (f"{ans.budget}\n" if ans.budget else "")
+            + f"{a.video}: {info.duration:.1f} s, {info.num_frames} frames; sampled {ans.num_frames} -> "
             f"{ans.visual_tokens} visual tokens",
             file=sys.stderr,
         )
@@ -105,6 +107,8 @@ def cmd_answer(a):
                     "letter": ans.letter,
                     "num_frames": ans.num_frames,
                     "visual_tokens": ans.visual_tokens,
+                    "temporal_sample": ans.temporal_sample,
+                    "budget": ans.budget,
                     "timestamps": ans.timestamps,
                     "uncertain": ans.uncertain,
                     "warnings": ans.warnings,
@@ -182,6 +186,7 @@ def cmd_answer_batch(a):
         warnings.simplefilter("ignore")
         answers = pipe.answer_batch(
             items, batch_size=a.batch_size, num_frames=a.frames, temporal_sample=a.temporal_sample,
+            max_visual_tokens=a.max_visual_tokens,
             progress=len(items) > 1 and sys.stderr.isatty(), errors="return",
         )  # fmt: skip
     rows = [
@@ -206,6 +211,52 @@ def cmd_answer_batch(a):
         )
 
 
+def cmd_plan(a):
+    from .config import StormConfig
+    from .frame_plan import MAX_FRAMES, plan_frames
+    from .model_folder import check_model_folder
+    from .token_budget import plan_budget, reduction_steps
+    from .video import probe
+
+    if a.frames is not None and not 1 <= a.frames <= MAX_FRAMES:
+        raise InputError(f"--frames must be in [1, {MAX_FRAMES}], got {a.frames}")
+    _check_counts(a, temporal_sample=(1, None), max_visual_tokens=(1, None))
+    from .pipeline import DEFAULT_MODEL
+
+    folder = check_model_folder(a.model if a.model is not None else DEFAULT_MODEL)
+    info = probe(a.video)
+    cfg = StormConfig.from_pretrained(folder)
+    frames, stride = a.frames or cfg.num_frames, a.temporal_sample or cfg.temporal_sample
+    if a.max_visual_tokens is not None:
+        plan = plan_budget(cfg, a.max_visual_tokens, num_frames=a.frames, temporal_sample=a.temporal_sample,
+                           video_frames=info.num_frames)  # fmt: skip
+        frames, stride = plan.num_frames, plan.temporal_sample
+        print(plan.describe())
+    fp = plan_frames(info.num_frames, info.fps, info.duration, num_frames=frames)
+    times = ", ".join(f"{t:.2f}" for t in fp.timestamps[:12]) + (", ..." if len(fp.timestamps) > 12 else "")
+    print(f"{a.video}: {info.duration:.1f} s, {info.num_frames} frames at {info.fps:.2f} fps")
+    print(f"frames: {frames} at {times} s")
+    for what, n in reduction_steps(cfg, frames, stride):
+        print(f"  {n:>9} tokens  {what}")
+    if a.no_estimate:
+        return
+    _quiet_transformers()
+    from .bench.estimate import estimate_stages
+    from .pipeline import load
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipe = load(a.model)
+        rows = estimate_stages(pipe, a.video, frames, stride)
+    weights = sum(p.numel() * p.element_size() for p in pipe.model.parameters()) / 2**20
+    print("estimated on this machine (each stage timed on a small slice and scaled):")
+    for r in rows:
+        print(f"  {r['stage']:<26} {r['seconds']:8.3f} s  {r['MiB']:9.1f} MiB")
+    total = sum(r["seconds"] for r in rows)
+    print(f"  {'total (before generating)':<26} {total:8.3f} s  {max(r['MiB'] for r in rows):9.1f} MiB peak stage")
+    print(f"  {'model weights':<26} {'':>10}  {weights:9.1f} MiB")
+
+
 def cmd_chat(a):
     from .frame_plan import MAX_FRAMES
     from .model_folder import check_model_folder
@@ -214,7 +265,7 @@ def cmd_chat(a):
 
     if a.frames is not None and not 1 <= a.frames <= MAX_FRAMES:
         raise InputError(f"{a.video}: num_frames must be an integer in [1, {MAX_FRAMES}], got {a.frames}")
-    _check_counts(a, temporal_sample=(1, None))
+    _check_counts(a, temporal_sample=(1, None), max_visual_tokens=(1, None))
     if a.model is not None:
         check_model_folder(a.model)
     info = probe(a.video)
@@ -224,7 +275,9 @@ def cmd_chat(a):
     pipe = load(a.model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        chat = pipe.chat(a.video, num_frames=a.frames, temporal_sample=a.temporal_sample)
+        chat = pipe.chat(
+            a.video, num_frames=a.frames, temporal_sample=a.temporal_sample, max_visual_tokens=a.max_visual_tokens
+        )
     print(
         f"{a.video}: {info.duration:.1f} s; {chat.video.num_frames} frames -> {chat.video.features.shape[0]} visual "
         "tokens, encoded once. Ask away; options go after '||', split by '|'. Ctrl-D ends.",
@@ -393,7 +446,7 @@ def cmd_eval(a):
     from .model_folder import check_model_folder
     from .pipeline import load
 
-    _check_counts(a, frames=(1, MAX_FRAMES), temporal_sample=(1, None), limit=(1, None))
+    _check_counts(a, frames=(1, MAX_FRAMES), temporal_sample=(1, None), limit=(1, None), max_visual_tokens=(1, None))
     records = read_benchmark(a.benchmark, a.annotations)
     if a.limit is not None:
         records = records[: a.limit]
@@ -412,6 +465,12 @@ def cmd_eval(a):
     pipe = load(a.model)
     c = pipe.config
     frames = a.frames if a.frames is not None else c.num_frames
+    if a.max_visual_tokens is not None:
+        from .token_budget import plan_budget
+
+        plan = plan_budget(c, a.max_visual_tokens, num_frames=a.frames, temporal_sample=a.temporal_sample)
+        frames, a.temporal_sample = plan.num_frames, plan.temporal_sample
+        print(plan.describe(), file=sys.stderr)
     settings = {
         "benchmark": a.benchmark,
         "annotations": os.path.abspath(a.annotations),
@@ -541,13 +600,24 @@ def build_parser():
     s.add_argument("--frames", type=int, help="frames to sample (default: the model's)")
     s.add_argument("--temporal-sample", type=int, help="test-time temporal sampling stride")
     s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.add_argument("--max-visual-tokens", type=int, help="visual-token budget: picks frames and sampling to fit")
     s.set_defaults(fn=cmd_answer)
+
+    s = sub.add_parser("plan", help="what answering about a video would read and cost, without running the model")
+    s.add_argument("video")
+    s.add_argument("--model", help="STORM model folder (default: the embedded model)")
+    s.add_argument("--frames", type=int, help="frames to sample (default: the model's, or the budget's)")
+    s.add_argument("--temporal-sample", type=int, help="test-time temporal sampling stride")
+    s.add_argument("--max-visual-tokens", type=int, help="visual-token budget: picks frames and sampling to fit")
+    s.add_argument("--no-estimate", action="store_true", help="skip the time and memory estimate (no model run)")
+    s.set_defaults(fn=cmd_plan)
 
     s = sub.add_parser("chat", help="ask questions about one video in the terminal (the video is encoded once)")
     s.add_argument("video")
     s.add_argument("--model", help="STORM model folder (default: the embedded model)")
     s.add_argument("--frames", type=int, help="frames to sample (default: the model's)")
     s.add_argument("--temporal-sample", type=int, help="test-time temporal sampling stride")
+    s.add_argument("--max-visual-tokens", type=int, help="visual-token budget: picks frames and sampling to fit")
     s.set_defaults(fn=cmd_chat)
 
     s = sub.add_parser("serve", help="OpenAI-compatible HTTP server and web page")
@@ -617,6 +687,7 @@ def build_parser():
     s.add_argument("--model")
     s.add_argument("--frames", type=int)
     s.add_argument("--temporal-sample", type=int)
+    s.add_argument("--max-visual-tokens", type=int, help="visual-token budget: picks frames and sampling to fit")
     s.add_argument("--limit", type=int, help="first N questions only")
     s.add_argument("--out", required=True)
     s.add_argument("--no-progress", action="store_true")

@@ -17,7 +17,8 @@ from .generation import TextStream, eos_ids, greedy_decode
 from .model_folder import check_model_folder
 from .models.storm import StormForConditionalGeneration
 from .processing import OPTION_LETTERS, StormProcessor, check_options, format_mc_question, move_batch, parse_letter
-from .video import VideoClip, load_video
+from .token_budget import plan_budget
+from .video import VideoClip, load_video, probe
 
 DEFAULT_MODEL = Path(__file__).parent / "default_model"
 
@@ -36,6 +37,8 @@ class Answer:
     # Why the answer should not be trusted (unknown words, options the model cannot tell apart);
     # empty when there is no such reason.
     warnings: list[str] = field(default_factory=list)
+    temporal_sample: int = 1  # the test-time sampling stride used
+    budget: str | None = None  # what a visual-token budget chose (frames, stride), when one was given
     prompt_tokens: int = 0  # the LLM's input, visual tokens included
     completion_tokens: int = 0  # tokens generated (0 when options are ranked by likelihood)
 
@@ -54,6 +57,7 @@ class EncodedVideo:
     timestamps: list[float]
     temporal_sample: int
     notes: list[str] = field(default_factory=list)  # decoding problems, repeated on every answer
+    budget: str | None = None
 
 
 @dataclass
@@ -91,11 +95,15 @@ class StormPipeline:
         max_new_tokens: int = 32,
         progress: bool = False,
         on_text=None,
+        max_visual_tokens: int | None = None,
     ) -> Answer:
-        """`on_text(piece)` receives the reply as it is generated (pieces join to `Answer.text`)."""
+        """`on_text(piece)` receives the reply as it is generated (pieces join to `Answer.text`).
+        `max_visual_tokens` picks the frames and sampling stride (see `token_budget`)."""
         check_options(options)
+        num_frames, temporal_sample, budget = self.sampling(video, num_frames, temporal_sample, max_visual_tokens)
         clip = video if isinstance(video, VideoClip) else self.load_clip(video, num_frames, fps=fps, progress=progress)
         encoded = self.encode([clip], temporal_sample)[0]
+        encoded.budget = budget
         stream = None if on_text is None else lambda _row, piece: on_text(piece)
         return self.respond([Request(encoded, question, options, max_new_tokens=max_new_tokens)], on_text=stream)[0]
 
@@ -110,6 +118,7 @@ class StormPipeline:
         max_new_tokens: int = 32,
         progress: bool = False,
         errors: str = "raise",
+        max_visual_tokens: int | None = None,
     ) -> list[Answer]:
         """Answers to `(video, question)` or `(video, question, options)` items, equal to asking
         them one at a time: each distinct video is decoded and encoded once, and up to
@@ -123,6 +132,7 @@ class StormPipeline:
             raise InputError(f"batch_size must be >= 1, got {batch_size}")
         if errors not in ("raise", "return"):
             raise InputError(f"errors must be 'raise' or 'return', got {errors!r}")
+        num_frames, temporal_sample, budget = self.sampling(None, num_frames, temporal_sample, max_visual_tokens)
         bar = None
         if progress:
             from tqdm import tqdm
@@ -144,6 +154,8 @@ class StormPipeline:
                     failed[k] = e
             encoded = {k: encoded[k] for k in keys if k in encoded}  # only what this batch reuses
             encoded.update(zip(clips, self.encode(list(clips.values()), temporal_sample)))
+            for k in clips:
+                encoded[k].budget = budget
             ok = [i for i, k in enumerate(keys) if k not in failed]
             requests = [Request(encoded[keys[i]], chunk[i][1], chunk[i][2], max_new_tokens=max_new_tokens) for i in ok]
             results = dict(zip(ok, self.respond(requests)))
@@ -154,11 +166,33 @@ class StormPipeline:
             bar.close()
         return answers
 
-    def chat(self, video, *, num_frames: int | None = None, fps: float | None = None, temporal_sample=None):
+    def chat(
+        self, video, *, num_frames: int | None = None, fps: float | None = None, temporal_sample=None,
+        max_visual_tokens: int | None = None,
+    ):  # fmt: skip
         """A conversation about one video: the video is decoded and encoded here, once; every
         `ask` reuses its tokens and sends the earlier turns along."""
+        num_frames, temporal_sample, budget = self.sampling(video, num_frames, temporal_sample, max_visual_tokens)
         clip = video if isinstance(video, VideoClip) else self.load_clip(video, num_frames, fps=fps)
-        return ChatSession(self, self.encode([clip], temporal_sample)[0])
+        encoded = self.encode([clip], temporal_sample)[0]
+        encoded.budget = budget
+        return ChatSession(self, encoded)
+
+    def sampling(self, video, num_frames, temporal_sample, max_visual_tokens):
+        """(frames, stride, what the budget chose): unchanged without a budget; with one, the plan
+        of `token_budget.plan_budget`, capped by the video's own frame count when it is a file."""
+        if max_visual_tokens is None:
+            return num_frames, temporal_sample, None
+        video_frames = None
+        if isinstance(video, (str, os.PathLike)):
+            video_frames = probe(video).num_frames
+        elif isinstance(video, VideoClip):
+            num_frames = len(video.frames)
+        plan = plan_budget(
+            self.config, max_visual_tokens, num_frames=num_frames, temporal_sample=temporal_sample,
+            video_frames=video_frames,
+        )  # fmt: skip
+        return plan.num_frames, plan.temporal_sample, plan.describe()
 
     def load_clip(self, video, num_frames: int | None = None, *, fps: float | None = None, progress: bool = False):
         """Decode `num_frames` frames (the model's count when None), scaled in the decoder to the
@@ -264,6 +298,8 @@ class StormPipeline:
             visual_tokens=int(r.video.features.shape[0]),
             timestamps=r.video.timestamps,
             warnings=self.processor.unknown_word_warnings(r.question, r.options) + r.video.notes + notes,
+            temporal_sample=r.video.temporal_sample,
+            budget=r.video.budget,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
         )

@@ -212,3 +212,15 @@ def test_full_queue_gets_429_and_a_slow_request_504():
     with TestClient(create_app(pipe, ServeSettings(request_timeout=1e-4))) as c:
         r = c.post("/v1/chat/completions", json=body)
         assert r.status_code == 504 and "longer than" in r.json()["error"]["message"]
+
+
+def test_a_visual_token_budget_picks_the_sampling(client):
+    r = client.chat.completions.create(
+        model="stormvl-default", messages=video_message(data_url(EXAMPLE.read_bytes()), OPEN, num_frames=16),
+        extra_body={"max_visual_tokens": 8},
+    )  # fmt: skip
+    assert r.usage.visual_tokens == 8 and r.usage.model_extra["temporal_sample"] == 2
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="stormvl-default", messages=video_message(data_url(EXAMPLE.read_bytes()),
+                                       OPEN), extra_body={"max_visual_tokens": 2})  # fmt: skip
+    assert "smallest budget" in e.value.body["message"]

@@ -159,15 +159,28 @@ def parse_request(body, settings: ServeSettings, pipe: StormPipeline) -> ChatReq
 
     cfg = pipe.config
     num_frames = pick("num_frames")
-    num_frames = cfg.num_frames if num_frames is None else num_frames
-    num_frames = _int_field(num_frames, "num_frames", 1, min(settings.max_frames, MAX_FRAMES))
-    if num_frames > settings.max_frames:
-        raise ApiError(400, f"num_frames {num_frames} exceeds this server's limit of {settings.max_frames}")
+    if num_frames is not None:
+        num_frames = _int_field(num_frames, "num_frames", 1, None)
+        if num_frames > settings.max_frames:
+            raise ApiError(400, f"num_frames {num_frames} exceeds this server's limit of {settings.max_frames}")
+    budget = pick("max_visual_tokens")
     fps = pick("fps")
     if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps <= 240):
         raise ApiError(400, f"fps must be a number in (0, 240], got {fps!r}", "fps")
     s = pick("temporal_sample")
-    temporal_sample = _int_field(cfg.temporal_sample if s is None else s, "temporal_sample", 1, num_frames)
+    if s is not None:
+        s = _int_field(s, "temporal_sample", 1, MAX_FRAMES)
+    if budget is not None:
+        from ..token_budget import plan_budget
+
+        budget = _int_field(budget, "max_visual_tokens", 1, None)
+        try:  # the server's frame limit caps what a budget may choose
+            plan = plan_budget(cfg, budget, num_frames=num_frames, temporal_sample=s, video_frames=settings.max_frames)
+        except StormError as e:
+            raise ApiError(400, first_line(e), "max_visual_tokens") from None
+        num_frames, s = plan.num_frames, plan.temporal_sample
+    num_frames = cfg.num_frames if num_frames is None else num_frames
+    temporal_sample = cfg.temporal_sample if s is None else s
     options = body.get("options")
     if options is not None:
         if not isinstance(options, list) or not all(isinstance(o, str) and o.strip() for o in options):
