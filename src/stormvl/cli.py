@@ -583,6 +583,14 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def _video_flags(s):
+    """The flags every command that reads a video with a model shares."""
+    s.add_argument("--model", help="STORM model folder (default: the embedded model)")
+    s.add_argument("--frames", type=int, help="frames to sample (default: the model's, or the budget's)")
+    s.add_argument("--temporal-sample", type=int, help="test-time temporal sampling stride")
+    s.add_argument("--max-visual-tokens", type=int, help="visual-token budget: picks frames and sampling to fit")
+
+
 def build_parser():
     p = _Parser(prog="stormvl", description="STORM long-video question answering")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -596,28 +604,19 @@ def build_parser():
     s.add_argument("--batch-size", type=int, default=8, help="questions per LLM pass with --batch")
     s.add_argument("--out", help="with --batch: write the answers here (JSONL) instead of stdout")
     s.add_argument("--options", nargs="+", help="multiple-choice options (letters are added)")
-    s.add_argument("--model", help="STORM model folder (default: the embedded model)")
-    s.add_argument("--frames", type=int, help="frames to sample (default: the model's)")
-    s.add_argument("--temporal-sample", type=int, help="test-time temporal sampling stride")
+    _video_flags(s)
     s.add_argument("--json", action="store_true", help="print one JSON object")
-    s.add_argument("--max-visual-tokens", type=int, help="visual-token budget: picks frames and sampling to fit")
     s.set_defaults(fn=cmd_answer)
 
     s = sub.add_parser("plan", help="what answering about a video would read and cost, without running the model")
     s.add_argument("video")
-    s.add_argument("--model", help="STORM model folder (default: the embedded model)")
-    s.add_argument("--frames", type=int, help="frames to sample (default: the model's, or the budget's)")
-    s.add_argument("--temporal-sample", type=int, help="test-time temporal sampling stride")
-    s.add_argument("--max-visual-tokens", type=int, help="visual-token budget: picks frames and sampling to fit")
+    _video_flags(s)
     s.add_argument("--no-estimate", action="store_true", help="skip the time and memory estimate (no model run)")
     s.set_defaults(fn=cmd_plan)
 
     s = sub.add_parser("chat", help="ask questions about one video in the terminal (the video is encoded once)")
     s.add_argument("video")
-    s.add_argument("--model", help="STORM model folder (default: the embedded model)")
-    s.add_argument("--frames", type=int, help="frames to sample (default: the model's)")
-    s.add_argument("--temporal-sample", type=int, help="test-time temporal sampling stride")
-    s.add_argument("--max-visual-tokens", type=int, help="visual-token budget: picks frames and sampling to fit")
+    _video_flags(s)
     s.set_defaults(fn=cmd_chat)
 
     s = sub.add_parser("serve", help="OpenAI-compatible HTTP server and web page")
