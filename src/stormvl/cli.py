@@ -80,6 +80,8 @@ def cmd_answer(a):
     pipe = load(a.model)
     frames = a.frames if a.frames is not None else pipe.config.num_frames
     options = a.options or None
+    if a.live:
+        return _answer_live(a, pipe, options)
     # A progress bar (stderr) only where decoding takes a noticeable time. Decoding problems come
     # back in ans.warnings (printed below), not twice.
     with warnings.catch_warnings():
@@ -134,6 +136,26 @@ def _answer_row(video, question, options, ans) -> dict:
         "uncertain": ans.uncertain,
         "warnings": ans.warnings,
     }
+
+
+def _answer_live(a, pipe, options):
+    """The video played as a live camera at its own pace, `--fps` frames a second into a stream
+    session; the question is asked when it ends."""
+    from .streaming import play
+    from .video import iter_frames
+
+    if a.max_visual_tokens is not None or a.frames is not None:
+        raise InputError("--live reads frames as they come (--fps); --frames and --max-visual-tokens do not apply")
+    session = pipe.stream(a.temporal_sample)
+    size = pipe.config.vision_config.image_size
+    fed, wall, lag = play(session, iter_frames(a.video, a.fps, size=size), realtime=not a.fast)
+    ans = session.ask(a.question, options)
+    print(
+        f"live: {fed} frames in {wall:.1f} s ({fed / wall:.1f} frames/s; fell behind real time by at most "
+        f"{lag:.2f} s) -> {ans.visual_tokens} visual tokens",
+        file=sys.stderr,
+    )
+    print(ans.text)
 
 
 def cmd_answer_batch(a):
@@ -603,6 +625,11 @@ def build_parser():
     )
     s.add_argument("--batch-size", type=int, default=8, help="questions per LLM pass with --batch")
     s.add_argument("--out", help="with --batch: write the answers here (JSONL) instead of stdout")
+    s.add_argument(
+        "--live", action="store_true", help="play the video as a live stream (needs a uni-directional model)"
+    )
+    s.add_argument("--fps", type=float, default=4.0, help="with --live: frames a second taken from the stream")
+    s.add_argument("--fast", action="store_true", help="with --live: do not wait for real time")
     s.add_argument("--options", nargs="+", help="multiple-choice options (letters are added)")
     _video_flags(s)
     s.add_argument("--json", action="store_true", help="print one JSON object")

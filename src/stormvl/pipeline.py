@@ -178,6 +178,13 @@ class StormPipeline:
         encoded.budget = budget
         return ChatSession(self, encoded)
 
+    def stream(self, temporal_sample: int | None = None):
+        """A live session (`streaming.StreamSession`): `add` frames as they arrive, `ask` at any
+        moment. Needs a uni-directional temporal encoder."""
+        from .streaming import StreamSession
+
+        return StreamSession(self, temporal_sample)
+
     def sampling(self, video, num_frames, temporal_sample, max_visual_tokens):
         """(frames, stride, what the budget chose): unchanged without a budget; with one, the plan
         of `token_budget.plan_budget`, capped by the video's own frame count when it is a file."""

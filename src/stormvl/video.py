@@ -34,6 +34,7 @@ Fallback policy, in one place:
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import warnings
@@ -510,6 +511,36 @@ class _Walker:
     def _keep_prev(self) -> None:
         if self.prev is not None and self.pos not in self.walk.frames:
             self.walk.frames[self.pos] = _rgb(self.prev, self.size)
+
+
+def iter_frames(path, fps: float, *, size: int | None = None):
+    """Frames one every 1/fps seconds, decoded in order as a live source would deliver them:
+    yields (seconds, (H, W, 3) uint8) without holding more than one frame. Undecodable packets are
+    skipped (a live stream does not stop for one)."""
+    import av
+
+    if not (fps > 0 and math.isfinite(fps)):
+        raise VideoError(f"{path}: fps must be a positive number, got {fps!r}")
+    path, container = _open(path)
+    with container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        start = stream.start_time or 0
+        next_t = 0.0
+        for packet in container.demux(stream):
+            try:
+                frames = packet.decode()
+            except av.error.FFmpegError:
+                continue
+            for frame in frames:
+                if frame.pts is None:
+                    continue
+                t = float((frame.pts - start) * stream.time_base)
+                if t + 1e-6 >= next_t:
+                    yield t, _rgb(frame, size)
+                    next_t += 1.0 / fps
+                    while next_t <= t:
+                        next_t += 1.0 / fps
 
 
 def write_video(path, frames, fps: float = 8, *, crf: int = 18, gop: int | None = None, faststart: bool = False) -> str:
