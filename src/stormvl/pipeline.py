@@ -216,8 +216,17 @@ class StormPipeline:
             raise InputError(f"temporal_sample must be an integer >= 1, got {s!r}")
         if not clips:
             return []
-        pixel = [self.processor.preprocess(c.frames).to(self.device) for c in clips]  # (T_i, 3, S, S) each
-        feats = self.model.get_video_features(pixel, s)
+        # Frames are preprocessed and encoded a chunk at a time: float pixels never exist for a whole
+        # long video, only its projected tokens do.
+        step = self.config.vision_batch_size
+        tokens = []
+        for c in clips:
+            chunks = [
+                self.model.get_frame_features(self.processor.preprocess(c.frames[i : i + step]).to(self.device))
+                for i in range(0, len(c.frames), step)
+            ]  # (<= step, N, D) each
+            tokens.append(torch.cat(chunks))  # (T, N, D)
+        feats = self.model.get_reduced_features(tokens, s)
         return [
             EncodedVideo(f, len(c.frames), [round(float(t), 3) for t in c.timestamps], s, list(c.notes))
             for f, c in zip(feats, clips)

@@ -119,7 +119,15 @@ class StormForConditionalGeneration(StormPreTrainedModel):
         videos = list(pixel_values_videos)
         lengths = [v.shape[0] for v in videos]
         tokens = self.get_frame_features(torch.cat(videos)).split(lengths)
-        out: list[torch.Tensor | None] = [None] * len(videos)
+        return self.get_reduced_features(list(tokens), temporal_sample)
+
+    def get_reduced_features(
+        self, tokens: list[torch.Tensor], temporal_sample: int | None = None
+    ) -> list[torch.Tensor]:
+        """Each video's frame tokens (T_i, N, D), from `get_frame_features`, through the temporal
+        encoder and the reduction: one (tokens_i, D) per video."""
+        lengths = [t.shape[0] for t in tokens]
+        out: list[torch.Tensor | None] = [None] * len(tokens)
         # Videos of equal length share one temporal-encoder call.
         by_len: dict[int, list[int]] = {}
         for i, t in enumerate(lengths):
