@@ -131,6 +131,18 @@ def test_chat_follow_up_encodes_nothing_and_equals_a_fresh_session(tmp_path, mon
     third = chat.ask("How many times does the blue circle flash?", on_text=streamed.append)
     assert len(calls) == 1  # neither question ran the vision tower
     assert "".join(streamed) == third.text
+    # The LLM computed only the follow-up's new tokens: the conversation so far came from its cache.
+    widths = []
+    hook = pipe.model.language_model.register_forward_pre_hook(
+        lambda m, a, kw: widths.append(kw["inputs_embeds"].shape[1]), with_kwargs=True
+    )
+    fourth = chat.ask("What happens in the video?")
+    hook.remove()
+    prompt = pipe.processor.prompt_text("What happens in the video?", history=tuple(chat.history[:3]))
+    full = len(pipe.prompt_token_ids(prompt, chat.video))
+    assert widths[0] < full - 16  # not even the 16 visual tokens again
+    uncached = pipe.respond([Request(chat.video, "What happens in the video?", history=tuple(chat.history[:3]))])[0]
+    assert fourth.text == uncached.text
     # The same conversation, encoded afresh and asked in one go, gives the same replies.
     fresh = pipe.chat(clip)
     assert fresh.ask("What happens in the video?").text == first.text

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 
@@ -25,6 +26,24 @@ def eos_ids(model, tokenizer) -> set[int]:
     return ids
 
 
+@dataclass
+class PrefixCache:
+    """The LLM's KV cache for one conversation so far, and the token ids it covers: the next turn's
+    prompt starts with them, so only its new tokens need a forward pass."""
+
+    ids: list[int] = field(default_factory=list)
+    cache: object = None
+
+    def keep(self, n: int) -> None:
+        """Drop everything after the first n cached positions."""
+        have = self.cache.get_seq_length()
+        if n < have:
+            # transformers 5 crops by the tokens to remove; 4.x by the length to keep.
+            by_removal = "tokens_to_remove" in inspect.signature(self.cache.crop).parameters
+            self.cache.crop(have - n if by_removal else n)
+        self.ids = self.ids[:n]
+
+
 @torch.inference_mode()
 def greedy_decode(
     lm,
@@ -33,13 +52,28 @@ def greedy_decode(
     stop_ids: set[int],
     on_token: Callable[[int, list[int]], None] | None = None,
     cancelled: Callable[[int], bool] | None = None,
+    prefix: PrefixCache | None = None,
+    prompt_ids: list[int] | None = None,
 ) -> list[list[int]]:
     """`embeds`: one (L_i, D) prompt per row. Rows are left-padded into one batch, with positions
     counted from each row's first real token, so a row decodes the same tokens alone or batched.
     `on_token(row, tokens_so_far)` runs after each new token of a row; `cancelled(row)` true ends
-    that row early. Returns each row's new token ids, without the stop token."""
+    that row early. Returns each row's new token ids, without the stop token.
+
+    `prefix` (one row only, with its `prompt_ids`): the KV cache of the conversation so far. The
+    prompt's positions it already covers are not computed again, and it is left covering the
+    prompt and the reply, ready for the next turn."""
+    params = inspect.signature(lm.forward).parameters
+    # transformers 5.x names the KV cache `cache`; earlier releases `past_key_values`.
+    cache_arg = "cache" if "cache" in params else "past_key_values"
+    last_only = {"logits_to_keep": 1} if "logits_to_keep" in params else {}  # the prompt's last logits only
+    if prefix is not None:
+        if len(embeds) != 1 or prompt_ids is None:
+            raise ValueError("a prefix cache serves one row, with its prompt ids")
+        return [_decode_with_prefix(lm, embeds[0], prompt_ids, prefix, limits_of(max_new_tokens, 1)[0], stop_ids,
+                                    on_token, cancelled, cache_arg, last_only)]  # fmt: skip
     n = len(embeds)
-    limits = [max_new_tokens] * n if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    limits = limits_of(max_new_tokens, n)
     width = max(e.shape[0] for e in embeds)
     x = embeds[0].new_zeros(n, width, embeds[0].shape[-1])  # (B, L, D)
     mask = torch.zeros(n, width, dtype=torch.long, device=x.device)  # (B, L)
@@ -50,10 +84,6 @@ def greedy_decode(
     # Without padding the mask says nothing, and building it costs each step more than a tiny
     # model's layers: leave it out then (the same positions and attention either way).
     padded = bool((mask == 0).any())
-    # transformers 5.x names the KV cache `cache`; earlier releases `past_key_values`.
-    params = inspect.signature(lm.forward).parameters
-    cache_arg = "cache" if "cache" in params else "past_key_values"
-    last_only = {"logits_to_keep": 1} if "logits_to_keep" in params else {}  # the prompt's last logits only
     out = lm(inputs_embeds=x, attention_mask=mask if padded else None, position_ids=pos, use_cache=True, **last_only)
     cache, logits = out[cache_arg], out.logits[:, -1]
     next_pos = pos[:, -1:] + 1  # (B, 1)
@@ -85,6 +115,46 @@ def greedy_decode(
         )  # fmt: skip
         cache, logits = out[cache_arg], out.logits[:, -1]
         next_pos = next_pos + 1
+    return tokens
+
+
+def limits_of(max_new_tokens, n: int) -> list[int]:
+    return [max_new_tokens] * n if isinstance(max_new_tokens, int) else list(max_new_tokens)
+
+
+def _decode_with_prefix(lm, emb, ids, prefix, limit, stop_ids, on_token, cancelled, cache_arg, last_only):
+    """One row, reusing and then extending `prefix` (see `greedy_decode`)."""
+    common = 0
+    if prefix.cache is not None:
+        for a, b in zip(prefix.ids, ids):
+            if a != b:
+                break
+            common += 1
+        common = min(common, len(ids) - 1)  # the last prompt position gives the first logits
+        prefix.keep(common)
+    else:
+        prefix.ids = []
+    pos = torch.arange(common, len(ids), device=emb.device)[None]  # (1, L - common)
+    kw = {cache_arg: prefix.cache} if prefix.cache is not None else {}
+    out = lm(inputs_embeds=emb[None, common:], position_ids=pos, use_cache=True, **last_only, **kw)
+    prefix.cache, prefix.ids = out[cache_arg], list(ids)
+    logits = out.logits[:, -1]
+    embed = lm.get_input_embeddings()
+    tokens: list[int] = []
+    while len(tokens) < limit and not (cancelled is not None and cancelled(0)):
+        t = int(logits.argmax(-1))
+        if t in stop_ids:
+            break
+        tokens.append(t)
+        if on_token is not None:
+            on_token(0, tokens)
+        if len(tokens) >= limit:
+            break
+        pos = torch.tensor([[len(prefix.ids)]], device=emb.device)
+        out = lm(inputs_embeds=embed(torch.tensor([[t]], device=emb.device)), position_ids=pos, use_cache=True,
+                 **{cache_arg: prefix.cache})  # fmt: skip
+        prefix.cache, logits = out[cache_arg], out.logits[:, -1]
+        prefix.ids.append(t)
     return tokens
 
 

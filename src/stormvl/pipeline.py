@@ -13,7 +13,7 @@ import torch
 from .config import StormConfig
 from .device import resolve_device
 from .errors import InputError, ModelFolderError, StormError, first_line
-from .generation import TextStream, eos_ids, greedy_decode
+from .generation import PrefixCache, TextStream, eos_ids, greedy_decode
 from .model_folder import check_model_folder
 from .models.storm import StormForConditionalGeneration
 from .processing import OPTION_LETTERS, StormProcessor, check_options, format_mc_question, move_batch, parse_letter
@@ -233,10 +233,11 @@ class StormPipeline:
         ]
 
     @torch.inference_mode()
-    def respond(self, requests: list[Request], on_text=None, cancelled=None) -> list[Answer]:
+    def respond(self, requests: list[Request], on_text=None, cancelled=None, prefix=None) -> list[Answer]:
         """Answers to questions about already encoded videos. Multiple-choice questions of a
         likelihood model rank their options (one LLM pass each); the others are decoded together.
-        `on_text(i, piece)` streams request i's reply; `cancelled(i)` true stops request i."""
+        `on_text(i, piece)` streams request i's reply; `cancelled(i)` true stops request i. `prefix`
+        (a `generation.PrefixCache`, one generated request only) reuses a chat's KV cache."""
         answers: list[Answer | None] = [None] * len(requests)
         gen = []
         for i, r in enumerate(requests):
@@ -250,7 +251,7 @@ class StormPipeline:
         if gen:
             prompts = [self.processor.prompt_text(requests[i].question, requests[i].options, requests[i].history)
                        for i in gen]  # fmt: skip
-            ids = [self._prompt_ids(p, requests[i].video) for i, p in zip(gen, prompts)]
+            ids = [self.prompt_token_ids(p, requests[i].video) for i, p in zip(gen, prompts)]
             for x, i in zip(ids, gen):  # a reply needs room too
                 self.processor.check_length(len(x) + requests[i].max_new_tokens)
             embeds = [
@@ -271,6 +272,8 @@ class StormPipeline:
                 self.stop_ids,
                 on_token=on_token,
                 cancelled=None if cancelled is None else (lambda row: cancelled(gen[row])),
+                prefix=prefix if len(gen) == 1 else None,
+                prompt_ids=ids[0].tolist() if len(gen) == 1 else None,
             )
             for row, (i, tokens) in enumerate(zip(gen, out)):
                 rest = streams[row].finish(tokens)
@@ -285,7 +288,7 @@ class StormPipeline:
                 answers[i] = self._answer(r, text, letter, notes, len(ids[row]), len(tokens))
         return answers
 
-    def _prompt_ids(self, prompt: str, video: EncodedVideo) -> torch.Tensor:
+    def prompt_token_ids(self, prompt: str, video: EncodedVideo) -> torch.Tensor:
         return torch.tensor(self.processor.prompt_ids(prompt, video.features.shape[0]), device=self.device)  # (L,)
 
     def _rank_options(self, r: Request) -> Answer:
@@ -303,7 +306,7 @@ class StormPipeline:
                 "was picked only because it comes first"
             )
         letter = OPTION_LETTERS[best]
-        prompt_len = len(self._prompt_ids(self.processor.prompt_text(r.question, history=r.history), r.video))
+        prompt_len = len(self.prompt_token_ids(self.processor.prompt_text(r.question, history=r.history), r.video))
         return self._answer(r, f"{letter}. {r.options[best]}", letter, notes, prompt_len, 0)
 
     def _answer(self, r: Request, text, letter, notes, prompt_tokens, completion_tokens) -> Answer:
@@ -361,15 +364,17 @@ class StormPipeline:
 class ChatSession:
     """Questions about one encoded video, each answered with the earlier turns as context."""
 
-    def __init__(self, pipe: StormPipeline, video: EncodedVideo):
+    def __init__(self, pipe: StormPipeline, video: EncodedVideo, reuse_cache: bool = True):
         self.pipe = pipe
         self.video = video
         self.history: list[tuple[str, str]] = []
+        # The LLM's KV cache of the conversation so far: a follow-up computes only its new tokens.
+        self.prefix = PrefixCache() if reuse_cache else None
 
     def ask(self, question: str, options: list[str] | None = None, *, max_new_tokens: int = 32, on_text=None):
         stream = None if on_text is None else lambda _row, piece: on_text(piece)
         req = Request(self.video, question, options, tuple(self.history), max_new_tokens)
-        ans = self.pipe.respond([req], on_text=stream)[0]
+        ans = self.pipe.respond([req], on_text=stream, prefix=self.prefix)[0]
         self.history.append((format_mc_question(question, options) if options else question.strip(), ans.text))
         return ans
 
