@@ -103,6 +103,17 @@ def latest_checkpoint(output_dir) -> Path | None:
     return done[-1] if done else None
 
 
+def _same_setting(now, before) -> bool:
+    """Recorded and current config values agree. A key one side lacks counts as None there, so a
+    setting added to stormvl since the run started (left at its None default) does not block
+    resuming it."""
+    if isinstance(now, dict) and isinstance(before, dict):
+        return all(_same_setting(now.get(k), before.get(k)) for k in set(now) | set(before))
+    if isinstance(now, list) and isinstance(before, list):
+        return len(now) == len(before) and all(_same_setting(a, b) for a, b in zip(now, before))
+    return now == before
+
+
 def set_trainable(model: StormForConditionalGeneration, what: str):
     """'projector': the alignment stage, vision tower and LLM frozen; 'lora': that plus the LLM's
     LoRA adapters; 'all': everything trains."""
@@ -163,7 +174,7 @@ class Trainer:
         path = self.out / RUN_CONFIG
         if path.exists():
             before = json.loads(path.read_text())
-            changed = sorted(k for k in set(cfg) | set(before) if cfg.get(k) != before.get(k))
+            changed = sorted(k for k in set(cfg) | set(before) if not _same_setting(cfg.get(k), before.get(k)))
             if changed:
                 raise ConfigError(
                     f"{self.out}: holds a run with another config ({', '.join(changed)} differ); "
