@@ -63,7 +63,9 @@ def greedy_decode(
     `prefix` (one row only, with its `prompt_ids`): the KV cache of the conversation so far. The
     prompt's positions it already covers are not computed again, and it is left covering the
     prompt and the reply, ready for the next turn."""
-    params = inspect.signature(lm.forward).parameters
+    # A PEFT-wrapped LLM passes these through to its base model, whose signature tells.
+    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    params = inspect.signature(base.forward).parameters
     # transformers 5.x names the KV cache `cache`; earlier releases `past_key_values`.
     cache_arg = "cache" if "cache" in params else "past_key_values"
     last_only = {"logits_to_keep": 1} if "logits_to_keep" in params else {}  # the prompt's last logits only
@@ -160,8 +162,8 @@ def _decode_with_prefix(lm, emb, ids, prefix, limit, stop_ids, on_token, cancell
 
 class TextStream:
     """Turns a growing list of token ids into text pieces whose concatenation is the final
-    decoded reply: a piece is held back while it ends in an incomplete character or in whitespace
-    the final text would strip."""
+    decoded reply: the last word, an incomplete character and whitespace the final text would
+    strip are held back until more tokens (or `finish`) settle them."""
 
     def __init__(self, decode: Callable[[list[int]], str]):
         self.decode = decode
@@ -169,6 +171,10 @@ class TextStream:
 
     def push(self, tokens: list[int]) -> str:
         text = self.decode(tokens).strip()
+        # The last word waits for the next token: a decoder's clean-up may still join it to what
+        # follows ("it '" + "s" -> "it's"), which would change text already sent.
+        cut = max(text.rfind(" "), text.rfind("\n"))
+        text = text[:cut] if cut > 0 else ""
         if text.endswith("\ufffd") or not text.startswith(self.sent):
             return ""
         piece, self.sent = text[len(self.sent) :], text

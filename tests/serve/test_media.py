@@ -50,3 +50,24 @@ def test_local_paths_stay_inside_the_allowed_directories(tmp_path):
     with pytest.raises(MediaError) as e:
         policy.resolve(str(allowed / "missing.mp4"))
     assert e.value.status == 400
+
+
+def test_odd_urls_are_refused_not_crashed(tmp_path):
+    policy = MediaPolicy((tmp_path,), allow_remote=True, max_bytes=1000)
+    (tmp_path / "a.mp4").write_bytes(b"x")
+    for url, status in [
+        ("file://evil.example/" + str(tmp_path / "a.mp4"), 400),  # a host: not this machine
+        (str(tmp_path / "a\0.mp4"), 400),
+        ("http://[x", 400),
+        ("data:video/mp4;base64,\udcff", 400),
+    ]:
+        with pytest.raises(MediaError) as e:
+            policy.resolve(url)
+        assert e.value.status == status, url
+    assert policy.resolve("file://localhost" + str(tmp_path / "a.mp4")).path == (tmp_path / "a.mp4").resolve()
+    # A remote URL is fetched only when opened (in a decoder thread), and a failure is a 400.
+    remote = policy.resolve("http://127.0.0.1:9/v.mp4")
+    assert remote.path is None
+    with pytest.raises(MediaError) as e:
+        remote.open()
+    assert e.value.status == 400 and "cannot fetch" in str(e.value)

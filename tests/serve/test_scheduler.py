@@ -60,21 +60,45 @@ def test_admission_is_bounded_and_a_bad_clip_fails_alone(pipe):
     async def main():
         loop = asyncio.get_running_loop()
         sched = Scheduler(pipe, max_queue=2, start=False)
-        sched.acquire()
-        sched.acquire()
-        with pytest.raises(QueueFull):
-            sched.acquire()
-        sched.release()
-        sched.acquire()  # a released slot is free again
         good = _job(loop, pipe, DIRECTION)
         lost = _job(loop, pipe, DIRECTION, key="gone|16", clip=False)  # evicted before it was answered
+        other = _job(loop, pipe, DIRECTION)
+        sched.acquire(good)
+        sched.acquire(lost)
+        with pytest.raises(QueueFull):
+            sched.acquire(other)
+        sched.finish(lost)
+        sched.finish(lost)  # idempotent: a slot is freed once
+        assert sched.in_flight == 1
+        sched.acquire(lost)  # a freed slot is free again
         sched.submit(good)
         sched.submit(lost)
         sched.start()
         res = await _result(good), await _result(lost)
         sched.close()
-        return res
+        return (*res, sched.in_flight)
 
-    (kind_good, _, _), (kind_lost, (status, message), _) = asyncio.run(main())
+    (kind_good, _, _), (kind_lost, (status, message), _), in_flight = asyncio.run(main())
+    assert in_flight == 0  # the model thread freed both slots when it ended their jobs
     assert kind_good == "done"
     assert kind_lost == "error" and status == 400 and "send it again" in message
+
+
+def test_a_question_that_cannot_be_asked_fails_alone(pipe):
+    from stormvl.serve.scheduler import Scheduler
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        sched = Scheduler(pipe, start=False)
+        good = _job(loop, pipe, "What happens in the video?")
+        long = _job(loop, pipe, "word " * 5000)  # over the model's context: respond refuses it
+        for j in (good, long):
+            sched.submit(j)
+        sched.start()
+        res = await _result(good), await _result(long)
+        sched.close()
+        return res
+
+    (kind_good, _, text), (kind_long, (status, message), _) = asyncio.run(main())
+    assert kind_good == "done" and text
+    assert kind_long == "error" and status == 400 and "reads at most" in message

@@ -204,10 +204,13 @@ def test_full_queue_gets_429_and_a_slow_request_504():
     body = {"model": "stormvl", "messages": video_message(data_url(EXAMPLE.read_bytes()), DIRECTION)}
     app = create_app(pipe, ServeSettings(max_queue=1))
     with TestClient(app) as c:
-        app.state.scheduler.acquire()  # the one slot is taken
+        from stormvl.serve.scheduler import Job
+
+        holder = Job("k", "q", None, (), 1, 1, None)
+        app.state.scheduler.acquire(holder)  # the one slot is taken
         r = c.post("/v1/chat/completions", json=body)
         assert r.status_code == 429 and r.json()["error"]["type"] == "rate_limit_error"
-        app.state.scheduler.release()
+        app.state.scheduler.finish(holder)
         assert c.post("/v1/chat/completions", json=body).status_code == 200
     with TestClient(create_app(pipe, ServeSettings(request_timeout=1e-4))) as c:
         r = c.post("/v1/chat/completions", json=body)
@@ -224,3 +227,10 @@ def test_a_visual_token_budget_picks_the_sampling(client):
         client.chat.completions.create(model="stormvl-default", messages=video_message(data_url(EXAMPLE.read_bytes()),
                                        OPEN), extra_body={"max_visual_tokens": 2})  # fmt: skip
     assert "smallest budget" in e.value.body["message"]
+
+
+def test_the_video_placeholder_in_text_is_refused(client):
+    messages = video_message(data_url(EXAMPLE.read_bytes()), "what is <video> ?")
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="stormvl-default", messages=messages)
+    assert "placeholder" in e.value.body["message"]

@@ -174,7 +174,8 @@ def convert(fmt: str, path, video_root=None) -> Converted:
         except BadRecord as e:
             out.problems.append(f"{where}: {e}")
             continue
-        record = {"image" if image else "video": str(full)}
+        # Absolute: the records are read from wherever they are written.
+        record = {"image" if image else "video": os.path.abspath(full)}
         if "id" in row or "video_id" in row:
             record["id"] = str(row.get("id", row.get("video_id")))
         record["conversations"] = [

@@ -35,7 +35,9 @@ def _peft():
 
 
 def has_lora(model) -> bool:
-    return hasattr(model.language_model, "peft_config")
+    """The LLM is wrapped by PEFT (some releases leave `peft_config` on a merged model: the
+    wrapper's class is what tells)."""
+    return type(model.language_model).__module__.split(".")[0] == "peft"
 
 
 def add_lora(model, settings: LoraSettings) -> None:

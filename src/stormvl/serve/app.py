@@ -191,9 +191,16 @@ def parse_request(body, settings: ServeSettings, pipe: StormPipeline) -> ChatReq
     max_tokens = settings.default_max_tokens if max_tokens is None else max_tokens
     max_tokens = _int_field(max_tokens, "max_tokens", 1, settings.max_tokens)
     stream_options = body.get("stream_options") or {}
+    video_uuid = inner.get("uuid") or part.get("uuid")
+    if video_uuid is not None and (not isinstance(video_uuid, str) or not 0 < len(video_uuid) <= 256):
+        raise ApiError(400, "uuid must be a string of 1 to 256 characters", "uuid")
+    token = cfg.video_token
+    texts = [question, *(t for pair in history for t in pair), *(options or [])]
+    if any(token in t for t in texts):
+        raise ApiError(400, f"the text may not contain the model's video placeholder {token!r}", "messages")
     return ChatRequest(
         url=inner.get("url"),
-        video_uuid=inner.get("uuid") or part.get("uuid"),
+        video_uuid=video_uuid,
         question=question,
         history=tuple(history),
         options=options,
@@ -255,49 +262,59 @@ def create_app(pipe: StormPipeline, settings: ServeSettings) -> FastAPI:
     def page():
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
+    async def read_body(request: Request) -> bytes:
+        """The body, refused as soon as it passes the limit (a chunked upload has no length)."""
+        parts, size = [], 0
+        async for part in request.stream():
+            size += len(part)
+            if size > max_body:
+                raise ApiError(413, f"the request body is larger than the server's {settings.max_upload_mb:g} MB")
+            parts.append(part)
+        return b"".join(parts)
+
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         started = time.perf_counter()
-        raw = await request.body()
-        if len(raw) > max_body:
-            return error_response(413, f"the request body is larger than the server's {settings.max_upload_mb:g} MB")
         try:
-            body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return error_response(400, "the request body is not valid JSON")
-        try:
+            raw = await read_body(request)
+            try:
+                body = json.loads(raw)
+            except (ValueError, RecursionError):  # bad JSON, bad UTF-8, absurd numbers or nesting
+                raise ApiError(400, "the request body is not valid JSON") from None
             req = parse_request(body, settings, pipe)
             media = settings.media.resolve(req.url)
         except ApiError as e:
             return error_response(e.status, e.message, e.param)
         except MediaError as e:
             return error_response(e.status, str(e), "video_url")
-        try:
-            scheduler.acquire()
-        except QueueFull:
-            media.cleanup()
-            return error_response(429, f"the server is busy ({settings.max_queue} requests in flight); retry later")
-        released = False
-
-        def release():
-            nonlocal released
-            if not released:
-                released, job.cancelled = True, True
-                scheduler.release()
-
+        # A client-given uuid names the video's content (vLLM's convention): clients that share a
+        # server and its uuids see each other's videos under them.
         sampling = f"{req.num_frames}:{req.fps}:{req.temporal_sample}"
-        key = f"{req.video_uuid and 'uuid:' + req.video_uuid or media.key}|{sampling}"
+        key = f"{'uuid:' + req.video_uuid if req.video_uuid else media.key}|{sampling}"
         loop = asyncio.get_running_loop()
         job = Job(key, req.question, req.options, req.history, req.max_tokens, req.temporal_sample, loop)
         try:
-            if not scheduler.cached(key):  # decoding runs beside the event loop and the model
+            scheduler.acquire(job)
+        except QueueFull:
+            return error_response(429, f"the server is busy ({settings.max_queue} requests in flight); retry later")
+
+        def release():  # the client is done with it (answered, failed, gone): idempotent
+            job.cancelled = True
+            scheduler.finish(job)
+
+        def decode():  # in a decoder thread: the file is written, read and removed there
+            try:
+                return pipe.load_clip(media.open(), req.num_frames, fps=req.fps)
+            finally:
+                media.cleanup()
+
+        try:
+            job.video = scheduler.lookup(key)  # held by the job: a later eviction cannot lose it
+            if job.video is None:  # decoding runs beside the event loop and the model
                 with scheduler.decoding():
-                    job.clip = await asyncio.wait_for(
-                        loop.run_in_executor(
-                            decoders, lambda: pipe.load_clip(media.open(), req.num_frames, fps=req.fps)
-                        ),
-                        settings.request_timeout,
-                    )
+                    job.clip = await asyncio.wait_for(loop.run_in_executor(decoders, decode), settings.request_timeout)
+            else:
+                media.cleanup()
         except MediaError as e:
             release()
             return error_response(e.status, str(e), "video_url")
@@ -307,8 +324,9 @@ def create_app(pipe: StormPipeline, settings: ServeSettings) -> FastAPI:
         except asyncio.TimeoutError:
             release()
             return error_response(504, f"decoding the video took longer than {settings.request_timeout:g} s")
-        finally:
-            media.cleanup()
+        except BaseException:  # anything else (a bug, a cancelled request): the slot is not lost
+            release()
+            raise
         scheduler.submit(job)
         deadline = started + settings.request_timeout
         rid = f"chatcmpl-{uuid.uuid4().hex[:24]}"

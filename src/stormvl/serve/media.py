@@ -33,6 +33,17 @@ def _write_temporary(data: bytes, suffix: str) -> Path:
     return Path(name)
 
 
+def _fetch(url: str, max_bytes: int) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            data = r.read(max_bytes + 1)
+    except Exception as e:  # URLError, HTTP errors, bad URLs, timeouts: all the remote's problem
+        raise MediaError(400, f"{url}: cannot fetch the video ({type(e).__name__}: {e})") from None
+    if len(data) > max_bytes:
+        raise MediaError(413, f"{url}: larger than the server's limit of {max_bytes // 2**20} MB")
+    return data
+
+
 @dataclass
 class Media:
     path: Path | None  # a local file PyAV can open; None until `open` writes a data: payload
@@ -40,10 +51,14 @@ class Media:
     temporary: bool  # the server wrote it and removes it after decoding
     payload: str | None = None  # a data: URL's base64 text, not yet decoded
     suffix: str = ".mp4"
+    url: str | None = None  # a remote video, not yet fetched
+    max_bytes: int = 0
 
     def open(self) -> Path:
-        """The video as a local file (a data: payload is decoded and written here, once)."""
-        if self.path is None:
+        """The video as a local file: a data: payload is decoded, a remote one fetched, once."""
+        if self.path is None and self.url is not None:
+            self.path = _write_temporary(_fetch(self.url, self.max_bytes), self.suffix)
+        elif self.path is None:
             try:
                 data = base64.b64decode(self.payload, validate=True)
             except (binascii.Error, ValueError):
@@ -68,13 +83,19 @@ class MediaPolicy:
     def resolve(self, url: str) -> Media:
         if not isinstance(url, str) or not url.strip():
             raise MediaError(400, "video_url.url must be a non-empty string")
-        scheme = urllib.parse.urlsplit(url).scheme.lower()
+        try:
+            parts = urllib.parse.urlsplit(url)
+        except ValueError as e:
+            raise MediaError(400, f"not a valid URL ({e})") from None
+        scheme = parts.scheme.lower()
         if scheme == "data":
             return self._data(url)
         if scheme in ("http", "https"):
             return self._remote(url)
         if scheme == "file":
-            return self._local(urllib.parse.unquote(urllib.parse.urlsplit(url).path))
+            if parts.netloc not in ("", "localhost"):
+                raise MediaError(400, f"file:// URLs name this machine only, not {parts.netloc!r}")
+            return self._local(urllib.parse.unquote(parts.path))
         if scheme and len(scheme) > 1:  # one letter is a Windows drive
             raise MediaError(400, f"unsupported video URL scheme {scheme!r}: use data:, file:// or a local path")
         return self._local(url)
@@ -92,16 +113,18 @@ class MediaPolicy:
             raise MediaError(400, "the data: video URL holds no data")
         # Keyed by the text as sent, so a follow-up about a video the server has already encoded
         # costs one hash: the payload is decoded and written only when it is needed (`open`).
-        key = "sha256:" + hashlib.sha256(payload.encode()).hexdigest()
+        try:
+            key = "sha256:" + hashlib.sha256(payload.encode("ascii")).hexdigest()
+        except UnicodeEncodeError:
+            raise MediaError(400, "the video's base64 data is not valid base64") from None
         suffix = "." + mime.split("/", 1)[1].split("+")[0][:8]
         return Media(None, key, temporary=True, payload=payload, suffix=suffix)
-
-    def _temporary(self, data: bytes, suffix: str) -> Media:
-        return Media(_write_temporary(data, suffix), "sha256:" + hashlib.sha256(data).hexdigest(), temporary=True)
 
     def _local(self, path: str) -> Media:
         if not self.allowed_dirs:
             raise MediaError(403, "local paths are disabled: start the server with --allowed-local-media-path DIR")
+        if "\0" in path:
+            raise MediaError(400, "a path may not contain a NUL character")
         real = Path(os.path.realpath(path))
         if not any(real.is_relative_to(d) for d in self.allowed_dirs):
             raise MediaError(403, f"{path}: outside the directories this server may read")
@@ -116,11 +139,6 @@ class MediaPolicy:
     def _remote(self, url: str) -> Media:
         if not self.allow_remote:
             raise MediaError(400, "remote video URLs are disabled: start the server with --allow-remote-media")
-        try:
-            with urllib.request.urlopen(url, timeout=30) as r:
-                data = r.read(self.max_bytes + 1)
-        except OSError as e:
-            raise MediaError(400, f"{url}: cannot fetch the video ({e})") from None
-        if len(data) > self.max_bytes:
-            raise MediaError(413, f"{url}: larger than the server's limit of {self.max_bytes // 2**20} MB")
-        return self._temporary(data, Path(urllib.parse.urlsplit(url).path).suffix or ".mp4")
+        suffix = Path(urllib.parse.urlsplit(url).path).suffix or ".mp4"
+        # Fetched by `open`, in a decoder thread: a slow remote server must not hold the event loop.
+        return Media(None, "url:" + url, temporary=True, url=url, suffix=suffix, max_bytes=self.max_bytes)

@@ -34,9 +34,11 @@ class Job:
     max_new_tokens: int
     temporal_sample: int
     loop: asyncio.AbstractEventLoop
-    clip: VideoClip | None = None  # None when the key was already encoded
+    clip: VideoClip | None = None  # the decoded frames, when the video still has to be encoded
+    video: EncodedVideo | None = None  # the encoded video, when the cache had it at admission
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: bool = False
+    holds_slot: bool = False
     submitted: float = field(default_factory=time.perf_counter)
 
     def emit(self, kind: str, value=None):
@@ -75,24 +77,28 @@ class Scheduler:
         self._thread.start()
 
     # -- admission, from the event loop ---------------------------------------------------------
-    def acquire(self) -> None:
-        """Take a slot for a request about to decode its video; QueueFull when none is left."""
+    def acquire(self, job: Job) -> None:
+        """Take a slot for `job`; QueueFull when none is left. The slot is freed by `finish`,
+        whichever comes first: the model thread ending the job, or its client being done."""
         with self._lock:
             if self._slots >= self.max_queue:
                 raise QueueFull
             self._slots += 1
+            job.holds_slot = True
 
-    def release(self) -> None:
+    def finish(self, job: Job) -> None:
         with self._lock:
-            self._slots -= 1
+            if job.holds_slot:
+                job.holds_slot = False
+                self._slots -= 1
 
     @property
     def in_flight(self) -> int:
         return self._slots
 
-    def cached(self, key: str) -> bool:
+    def lookup(self, key: str) -> EncodedVideo | None:
         with self._lock:
-            return key in self._cache
+            return self._cache.get(key)
 
     def decoding(self):
         """Marks a request whose video is being decoded: a batch about to start waits a moment
@@ -135,6 +141,9 @@ class Scheduler:
                 log.exception("answering a batch failed")
                 for j in batch:
                     j.emit("error", (500, f"internal error ({type(e).__name__}); see the server log"))
+            finally:
+                for j in batch:
+                    self.finish(j)
 
     def _answer(self, batch: list[Job]):
         try:
@@ -157,22 +166,33 @@ class Scheduler:
             answers = self.pipe.respond(
                 requests, on_text=lambda i, piece: ready[i].emit("text", piece), cancelled=lambda i: ready[i].cancelled
             )
-        except StormError as e:
-            for j in ready:
-                j.emit("error", (400, first_line(e)))
-            return
+        except StormError:  # one request cannot be asked (too long, ...): it alone fails
+            answers = [self._alone(j, r) for j, r in zip(ready, requests)]
         self.stats["batches"] += 1
         self.stats["answered"] += len(ready)
         self.stats["largest_batch"] = max(self.stats["largest_batch"], len(ready))
         for j, a in zip(ready, answers):
-            j.emit("done", a)
+            if isinstance(a, StormError):
+                j.emit("error", (400, first_line(a)))
+            else:
+                j.emit("done", a)
+
+    def _alone(self, job: Job, request: Request):
+        try:
+            out = self.pipe.respond([request], on_text=lambda _i, piece: job.emit("text", piece),
+                                    cancelled=lambda _i: job.cancelled)  # fmt: skip
+            return out[0]
+        except StormError as e:
+            return e
 
     def _encode(self, jobs: list[Job]) -> dict[str, EncodedVideo]:
         """The jobs' encoded videos: from the cache, or encoded now (equal sampling together)."""
         found, todo = {}, {}
         with self._lock:
             for j in jobs:
-                if j.key in self._cache:
+                if j.video is not None:
+                    found[j.key] = j.video
+                elif j.key in self._cache:
                     self._cache.move_to_end(j.key)
                     found[j.key] = self._cache[j.key]
                 elif j.clip is not None:
@@ -188,7 +208,7 @@ class Scheduler:
                 while len(self._cache) > self.cache_videos:
                     self._cache.popitem(last=False)
         for j in jobs:
-            j.clip = None  # the frames are no longer needed
+            j.clip, j.video = None, None  # frames and tokens are no longer needed here
         return found
 
 
