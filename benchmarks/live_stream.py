@@ -15,7 +15,7 @@ import resource
 import time
 from pathlib import Path
 
-import numpy as np
+from long_video import make_video
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,28 +25,6 @@ def rss_mib() -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def make_stream(path: Path, minutes: float, fps: int = 8):
-    """A square crossing a 640x360 frame, cheap to draw and to encode."""
-    from stormvl.video import write_video
-
-    if path.exists():
-        return path
-    n = int(minutes * 60 * fps)
-
-    def frames():
-        base = np.zeros((360, 640, 3), np.uint8)
-        for i in range(n):
-            f = base.copy()
-            x = int((i * 7) % 600)
-            y = int(160 + 100 * np.sin(i / 20))
-            f[y : y + 40, x : x + 40] = (220, 40, 40)
-            yield f
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_video(path, frames(), fps=fps, gop=fps * 10)
-    return path
 
 
 def main():
@@ -62,12 +40,12 @@ def main():
     from stormvl.models.storm import StormForConditionalGeneration
     from stormvl.pipeline import StormPipeline
     from stormvl.processing import StormProcessor
-    from stormvl.streaming import StreamSession
+    from stormvl.streaming import StreamSession, play
     from stormvl.testing import build_word_tokenizer
     from stormvl.video import iter_frames
 
     t = time.perf_counter()
-    video = make_stream(Path(a.out) / f"stream_{a.minutes:g}min.mp4", a.minutes)
+    video = make_video(Path(a.out) / f"stream_{a.minutes:g}min.mp4", a.minutes, fps=8)
     print(f"stream: {video} ({time.perf_counter() - t:.1f} s to make)", flush=True)
     cfg = bench_config("storm+tpool4")
     cfg.temporal_bidirectional = False
@@ -79,25 +57,15 @@ def main():
     session = StreamSession(pipe)
     size = cfg.vision_config.image_size
     chunk = max(1, int(a.fps))  # one second of frames per call
+    marks = []
     start = time.perf_counter()
-    batch, times, fed, marks = [], [], 0, []
-    for ts, frame in iter_frames(video, a.fps, size=size):
-        if a.realtime:
-            wait = ts - (time.perf_counter() - start)
-            if wait > 0:
-                time.sleep(wait)
-        batch.append(frame)
-        times.append(ts)
-        if len(batch) == chunk:
-            session.add(np.stack(batch), times)
-            fed += len(batch)
-            batch, times = [], []
-            if fed == chunk or fed % int(60 * a.fps) == 0:  # after the first second, then each minute of stream
-                marks.append((ts, fed, time.perf_counter() - start, rss_mib(), session.tokens().shape[0]))
-    if batch:
-        session.add(np.stack(batch), times)
-        fed += len(batch)
-    wall = time.perf_counter() - start
+
+    def mark(fed, ts):  # after the first second, then each minute of stream
+        if fed == chunk or fed % int(60 * a.fps) == 0:
+            marks.append((ts, fed, time.perf_counter() - start, rss_mib(), session.tokens().shape[0]))
+
+    frames = iter_frames(video, a.fps, size=size)
+    fed, wall, _ = play(session, frames, realtime=a.realtime, chunk=chunk, after_chunk=mark)
     ans = session.ask("what happens in the video ?", max_new_tokens=4)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("| stream time s | frames fed | wall s | RSS MiB | visual tokens so far |")

@@ -97,10 +97,11 @@ class StreamSession:
         return ans
 
 
-def play(session: StreamSession, source, *, realtime: bool = True, chunk: int = 4):
+def play(session: StreamSession, source, *, realtime: bool = True, chunk: int = 4, after_chunk=None):
     """Feed `source`, an iterable of (seconds, frame), into the session `chunk` frames at a time;
     with `realtime`, a frame is not handed over before its time has come (a simulated live
-    camera). Returns (frames fed, wall seconds, seconds the encoder lagged behind real time)."""
+    camera). `after_chunk(frames fed, stream seconds)` runs after each chunk. Returns (frames
+    fed, wall seconds, seconds the encoder lagged behind real time)."""
     t0 = time.perf_counter()
     batch, times, lag = [], [], 0.0
     fed = 0
@@ -116,6 +117,8 @@ def play(session: StreamSession, source, *, realtime: bool = True, chunk: int = 
         if len(batch) == chunk:
             session.add(np.stack(batch), times)
             fed += len(batch)
+            if after_chunk is not None:
+                after_chunk(fed, t)
             batch, times = [], []
     if batch:
         session.add(np.stack(batch), times)
