@@ -126,7 +126,7 @@ def main():
 
     recipe = yaml.safe_load(RECIPE.read_text())
     frames = recipe["data"]["num_frames"]
-    out = Path(a.out)
+    out = Path(a.out).resolve()  # the run configs written there name their output by this path
     out.mkdir(parents=True, exist_ok=True)
     train_split = ROOT / "runs" / "synth_train"
     heldout = ROOT / "runs" / "synth_heldout"
