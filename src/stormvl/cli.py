@@ -99,24 +99,7 @@ def cmd_answer(a):
             file=sys.stderr,
         )
     if a.json:
-        print(
-            json.dumps(
-                {
-                    "video": a.video,
-                    "question": a.question,
-                    "options": options,
-                    "answer": ans.text,
-                    "letter": ans.letter,
-                    "num_frames": ans.num_frames,
-                    "visual_tokens": ans.visual_tokens,
-                    "temporal_sample": ans.temporal_sample,
-                    "budget": ans.budget,
-                    "timestamps": ans.timestamps,
-                    "uncertain": ans.uncertain,
-                    "warnings": ans.warnings,
-                }
-            )
-        )
+        print(json.dumps(_answer_row(a.video, a.question, options, ans)))
     else:
         print(ans.text)
     for w in ans.warnings:
@@ -132,6 +115,8 @@ def _answer_row(video, question, options, ans) -> dict:
         "letter": ans.letter,
         "num_frames": ans.num_frames,
         "visual_tokens": ans.visual_tokens,
+        "temporal_sample": ans.temporal_sample,
+        "budget": ans.budget,
         "timestamps": ans.timestamps,
         "uncertain": ans.uncertain,
         "warnings": ans.warnings,

@@ -8,6 +8,7 @@ questions needs both, so this loop is written out here; it is the one decoding p
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -65,10 +66,7 @@ def greedy_decode(
     prompt and the reply, ready for the next turn."""
     # A PEFT-wrapped LLM passes these through to its base model, whose signature tells.
     base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
-    params = inspect.signature(base.forward).parameters
-    # transformers 5.x names the KV cache `cache`; earlier releases `past_key_values`.
-    cache_arg = "cache" if "cache" in params else "past_key_values"
-    last_only = {"logits_to_keep": 1} if "logits_to_keep" in params else {}  # the prompt's last logits only
+    cache_arg, last_only = _forward_args(type(base))
     if prefix is not None:
         if len(embeds) != 1 or prompt_ids is None:
             raise ValueError("a prefix cache serves one row, with its prompt ids")
@@ -118,6 +116,15 @@ def greedy_decode(
         cache, logits = out[cache_arg], out.logits[:, -1]
         next_pos = next_pos + 1
     return tokens
+
+
+@functools.cache
+def _forward_args(cls) -> tuple[str, dict]:
+    """How this LLM class names its KV cache (transformers 5.x: `cache`; earlier releases:
+    `past_key_values`), and how to ask for the prompt's last logits only, where it can."""
+    params = inspect.signature(cls.forward).parameters
+    cache_arg = "cache" if "cache" in params else "past_key_values"
+    return cache_arg, ({"logits_to_keep": 1} if "logits_to_keep" in params else {})
 
 
 def limits_of(max_new_tokens, n: int) -> list[int]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,15 @@ from .errors import InputError, ModelFolderError, StormError, first_line
 from .generation import PrefixCache, TextStream, eos_ids, greedy_decode
 from .model_folder import check_model_folder
 from .models.storm import StormForConditionalGeneration
-from .processing import OPTION_LETTERS, StormProcessor, check_options, format_mc_question, move_batch, parse_letter
+from .processing import (
+    OPTION_LETTERS,
+    StormProcessor,
+    check_options,
+    check_stride,
+    move_batch,
+    parse_letter,
+    question_body,
+)
 from .token_budget import plan_budget
 from .video import VideoClip, load_video, probe
 
@@ -212,8 +219,7 @@ class StormPipeline:
     def encode(self, clips: list[VideoClip], temporal_sample: int | None = None) -> list[EncodedVideo]:
         """Decoded clips -> their reduced visual tokens; clips of equal length share one call."""
         s = self.config.temporal_sample if temporal_sample is None else temporal_sample
-        if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1:
-            raise InputError(f"temporal_sample must be an integer >= 1, got {s!r}")
+        check_stride(s)
         if not clips:
             return []
         # Frames are preprocessed and encoded a chunk at a time: float pixels never exist for a whole
@@ -375,7 +381,7 @@ class ChatSession:
         stream = None if on_text is None else lambda _row, piece: on_text(piece)
         req = Request(self.video, question, options, tuple(self.history), max_new_tokens)
         ans = self.pipe.respond([req], on_text=stream, prefix=self.prefix)[0]
-        self.history.append((format_mc_question(question, options) if options else question.strip(), ans.text))
+        self.history.append((question_body(question, options), ans.text))
         return ans
 
 

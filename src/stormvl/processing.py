@@ -46,6 +46,16 @@ def format_mc_question(question: str, options: list[str]) -> str:
     return "\n".join(lines)
 
 
+def question_body(question: str, options: list[str] | None = None) -> str:
+    """A user turn's text: the question, laid out with its options when it has them."""
+    return format_mc_question(question, options) if options else question.strip()
+
+
+def check_stride(s) -> None:
+    if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1:
+        raise InputError(f"temporal_sample must be an integer >= 1, got {s!r}")
+
+
 def parse_letter(text: str, num_options: int = 4) -> str | None:
     """The option letter in a free-form reply: "B", "(B)", "B.", "The answer is B", "b) cat"."""
     letters = OPTION_LETTERS[: max(1, min(num_options, len(OPTION_LETTERS)))]
@@ -109,7 +119,7 @@ class StormProcessor:
         """Chat-formatted prompt with one video placeholder, ready for the answer. `history`:
         earlier (question, reply) turns of the same chat, oldest first; the video belongs to the
         first turn, so a chat's prompt only grows at its end."""
-        turns = [*history, (format_mc_question(question, options) if options else question.strip(), None)]
+        turns = [*history, (question_body(question, options), None)]
         # "after" suits small LMs trained from scratch: with the video last, each frame's distance
         # to the answer (all RoPE lets attention see) no longer depends on the question's length.
         video = self.config.video_token
@@ -183,8 +193,7 @@ class StormProcessor:
         if len(videos) != len(prompts):
             raise InputError(f"{len(videos)} videos but {len(prompts)} prompts")
         s = self.config.temporal_sample if temporal_sample is None else temporal_sample
-        if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1:
-            raise InputError(f"temporal_sample must be an integer >= 1, got {s!r}")
+        check_stride(s)
         pixel = [v if torch.is_tensor(v) and v.dtype.is_floating_point else self.preprocess(v) for v in videos]
         seqs, labels = [], []
         eos = self.tokenizer.eos_token_id

@@ -17,6 +17,7 @@ import torch
 from .errors import InputError
 from .models.token_reduction import reduce_tokens
 from .pipeline import EncodedVideo, Request, StormPipeline
+from .processing import question_body
 
 
 class StreamSession:
@@ -86,14 +87,12 @@ class StreamSession:
 
     def ask(self, question: str, options: list[str] | None = None, *, max_new_tokens: int = 32, on_text=None):
         """Answer about everything seen up to now; the chat's earlier turns go along."""
-        from .processing import format_mc_question
-
         video = EncodedVideo(self.tokens(), self.frames_seen, [round(t, 3) for t in self.timestamps],
                              self.temporal_sample)  # fmt: skip
         stream = None if on_text is None else lambda _row, piece: on_text(piece)
         req = Request(video, question, options, tuple(self.history), max_new_tokens)
         ans = self.pipe.respond([req], on_text=stream)[0]
-        self.history.append((format_mc_question(question, options) if options else question.strip(), ans.text))
+        self.history.append((question_body(question, options), ans.text))
         return ans
 
 

@@ -39,7 +39,6 @@ class Job:
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: bool = False
     holds_slot: bool = False
-    submitted: float = field(default_factory=time.perf_counter)
 
     def emit(self, kind: str, value=None):
         self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
@@ -160,8 +159,6 @@ class Scheduler:
         if not ready:
             return
         requests = [Request(videos[j.key], j.question, j.options, j.history, j.max_new_tokens) for j in ready]
-        for j in ready:
-            j.emit("start", time.perf_counter())
         try:
             answers = self.pipe.respond(
                 requests, on_text=lambda i, piece: ready[i].emit("text", piece), cancelled=lambda i: ready[i].cancelled
