@@ -153,3 +153,29 @@ def test_chat_follow_up_encodes_nothing_and_equals_a_fresh_session(tmp_path, mon
     # The follow-up's prompt carries the earlier turns and still one video.
     prompt = pipe.processor.prompt_text("q ?", history=history)
     assert prompt.count("<video>") == 1 and first.text in prompt
+
+
+def test_a_timestamped_model_reads_the_clips_own_times(tiny_model):
+    """Same frames, other times: other scores, each equal to a forward pass over the prompt that
+    names those times (float64)."""
+    from stormvl.pipeline import StormPipeline
+    from stormvl.video import VideoClip
+
+    model, proc = tiny_model(temporal_pool=2, choice_mode="likelihood", video_position="after", prompt_timestamps=True)
+    model.double()
+    pipe = StormPipeline(model, proc)
+    options = ["red", "blue square"]
+    got = []
+    for step in (0.25, 3.0):
+        clip = VideoClip(frames=FRAMES, timestamps=np.arange(8) * step, indices=np.arange(8), info=None)
+        scores = pipe.option_scores(clip, "what happens ?", options)
+        prompt = proc.prompt_text("what happens ?", times=(7 * step, list(np.arange(8) * step)))
+        b = proc([FRAMES] * 2, [prompt] * 2, answers=options)
+        b["pixel_values_videos"] = b["pixel_values_videos"].double()
+        with torch.no_grad():
+            logp = model(**b).logits[:, :-1].log_softmax(-1)
+        lab = b["labels"][:, 1:]
+        ref = (logp.gather(-1, lab.clamp(min=0)[..., None])[..., 0] * (lab != -100)).sum(1)
+        torch.testing.assert_close(scores.double(), ref, rtol=1e-9, atol=1e-9)
+        got.append(scores)
+    assert not torch.allclose(got[0], got[1])

@@ -61,3 +61,21 @@ def test_bad_strides_and_option_counts_are_input_errors(tiny_model):
         proc.prompt_text("q", [f"o{i}" for i in range(27)])
     with pytest.raises(InputError, match="exactly one '<video>' placeholder"):
         proc([frames], ["no placeholder here"])
+
+
+@pytest.mark.parametrize("position", ["before", "after"])
+def test_prompt_timestamps_sit_beside_the_video(tiny_model, position):
+    from stormvl.processing import time_text
+
+    _, proc = tiny_model(video_position=position, prompt_timestamps=True)
+    times = (62.0, [0.0, 2.0, 60.5])
+    text = proc.prompt_text("what happens ?", times=times)
+    said = "The video lasts 62.0 seconds, and 3 frames are sampled at 0.0s, 2.0s, 60.5s."
+    assert time_text(*times) == said and text.count(said) == 1
+    lo, hi = sorted([text.index(said), text.index("<video>")])
+    assert text[lo:hi].count("\n") == 1 and "what happens" not in text[lo:hi]  # side by side
+    assert proc.tokenizer.unk_token_id not in proc.tokenizer(text)["input_ids"]  # the tiny vocabulary reads it
+    with pytest.raises(InputError, match="timestamps"):
+        proc.prompt_text("what happens ?")
+    _, plain = tiny_model(video_position=position)
+    assert "lasts" not in plain.prompt_text("what happens ?", times=times)

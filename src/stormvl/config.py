@@ -98,6 +98,13 @@ FIELDS: dict[str, Field] = {
         "The video 'before' the question (LLaVA's convention) or 'after' it.",
         ("before", "after"),
     ),
+    "prompt_timestamps": Field(
+        False,
+        "prompting",
+        "training",
+        "Tell the LLM the video's length and each sampled frame's time, as LLaVA-Video does (\"The video lasts "
+        '62.0 seconds, and 32 frames are sampled at 0.0s, 2.0s, ...").',
+    ),
     "choice_mode": Field(
         "generate",
         "prompting",

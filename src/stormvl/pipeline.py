@@ -65,6 +65,12 @@ class EncodedVideo:
     temporal_sample: int
     notes: list[str] = field(default_factory=list)  # decoding problems, repeated on every answer
     budget: str | None = None
+    duration: float = 0.0  # seconds of video the frames were sampled from
+
+    @property
+    def times(self) -> tuple[float, list[float]]:
+        """What a prompt with timestamps says: (duration, the sampled frames' times)."""
+        return self.duration, self.timestamps
 
 
 @dataclass
@@ -234,7 +240,9 @@ class StormPipeline:
             tokens.append(torch.cat(chunks))  # (T, N, D)
         feats = self.model.get_reduced_features(tokens, s)
         return [
-            EncodedVideo(f, len(c.frames), [round(float(t), 3) for t in c.timestamps], s, list(c.notes))
+            EncodedVideo(
+                f, len(c.frames), [round(float(t), 3) for t in c.timestamps], s, list(c.notes), duration=c.duration
+            )  # fmt: skip
             for f, c in zip(feats, clips)
         ]
 
@@ -255,8 +263,10 @@ class StormPipeline:
             else:
                 gen.append(i)
         if gen:
-            prompts = [self.processor.prompt_text(requests[i].question, requests[i].options, requests[i].history)
-                       for i in gen]  # fmt: skip
+            prompts = [
+                self.processor.prompt_text(r.question, r.options, r.history, r.video.times)
+                for r in (requests[i] for i in gen)
+            ]
             ids = [self.prompt_token_ids(p, requests[i].video) for i, p in zip(gen, prompts)]
             for x, i in zip(ids, gen):  # a reply needs room too
                 self.processor.check_length(len(x) + requests[i].max_new_tokens)
@@ -312,7 +322,8 @@ class StormPipeline:
                 "was picked only because it comes first"
             )
         letter = OPTION_LETTERS[best]
-        prompt_len = len(self.prompt_token_ids(self.processor.prompt_text(r.question, history=r.history), r.video))
+        prompt = self.processor.prompt_text(r.question, history=r.history, times=r.video.times)
+        prompt_len = len(self.prompt_token_ids(prompt, r.video))
         return self._answer(r, f"{letter}. {r.options[best]}", letter, notes, prompt_len, 0)
 
     def _answer(self, r: Request, text, letter, notes, prompt_tokens, completion_tokens) -> Answer:
@@ -346,7 +357,7 @@ class StormPipeline:
         and shared by every option's sequence. With `return_greedy`, also whether greedy decoding
         would have produced each option."""
         video = features if features is not None else self.encode([clip], temporal_sample)[0]
-        prompt = self.processor.prompt_text(question, history=history)
+        prompt = self.processor.prompt_text(question, history=history, times=video.times)
         # The processor sizes each prompt from a frame count; the encoded video knows its own.
         stand_in = torch.zeros(video.num_frames, 1)
         batch = self.processor(

@@ -51,6 +51,12 @@ def question_body(question: str, options: list[str] | None = None) -> str:
     return format_mc_question(question, options) if options else question.strip()
 
 
+def time_text(duration: float, timestamps) -> str:
+    """The frames' times as the prompt gives them (`prompt_timestamps`)."""
+    times = ", ".join(f"{t:.1f}s" for t in timestamps)
+    return f"The video lasts {duration:.1f} seconds, and {len(timestamps)} frames are sampled at {times}."
+
+
 def check_stride(s) -> None:
     if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1:
         raise InputError(f"temporal_sample must be an integer >= 1, got {s!r}")
@@ -115,14 +121,23 @@ class StormProcessor:
         self.tokenizer.save_pretrained(path)
 
     # -- text ----------------------------------------------------------------------------------
-    def prompt_text(self, question: str, options: list[str] | None = None, history=()) -> str:
+    def prompt_text(self, question: str, options: list[str] | None = None, history=(), times=None) -> str:
         """Chat-formatted prompt with one video placeholder, ready for the answer. `history`:
         earlier (question, reply) turns of the same chat, oldest first; the video belongs to the
-        first turn, so a chat's prompt only grows at its end."""
+        first turn, so a chat's prompt only grows at its end. `times`: (duration, timestamps) of the
+        sampled frames, which a model with `prompt_timestamps` reads beside its video."""
         turns = [*history, (question_body(question, options), None)]
         # "after" suits small LMs trained from scratch: with the video last, each frame's distance
         # to the answer (all RoPE lets attention see) no longer depends on the question's length.
         video = self.config.video_token
+        if self.config.prompt_timestamps:
+            if times is None:
+                raise InputError("this model reads its frames' timestamps in the prompt, but none were given")
+            video = (
+                f"{time_text(*times)}\n{video}"
+                if self.config.video_position == "after"
+                else (f"{video}\n{time_text(*times)}")
+            )
         messages = []
         for i, (body, reply) in enumerate(turns):
             if i == 0:

@@ -87,8 +87,9 @@ class StreamSession:
 
     def ask(self, question: str, options: list[str] | None = None, *, max_new_tokens: int = 32, on_text=None):
         """Answer about everything seen up to now; the chat's earlier turns go along."""
-        video = EncodedVideo(self.tokens(), self.frames_seen, [round(t, 3) for t in self.timestamps],
-                             self.temporal_sample)  # fmt: skip
+        times = [round(t, 3) for t in self.timestamps]
+        # A live stream has lasted as long as its newest frame is old.
+        video = EncodedVideo(self.tokens(), self.frames_seen, times, self.temporal_sample, duration=times[-1])
         stream = None if on_text is None else lambda _row, piece: on_text(piece)
         req = Request(video, question, options, tuple(self.history), max_new_tokens)
         ans = self.pipe.respond([req], on_text=stream)[0]

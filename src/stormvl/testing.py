@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 
 from .config import StormConfig
-from .processing import MC_INSTRUCTION, OPTION_LETTERS, PLAIN_TEMPLATE
+from .processing import MC_INSTRUCTION, OPTION_LETTERS, PLAIN_TEMPLATE, time_text
 
 SPECIAL = ["<pad>", "<unk>", "<eos>", "<video>"]
 
@@ -28,17 +28,20 @@ class TinySize:
 def build_word_tokenizer(texts, extra_words=()):
     """A word-level tokenizer over every word (and punctuation mark) in `texts`, plus the words the
     processor itself writes (the plain chat template, the multiple-choice instruction, option
-    letters), so any prompt built from these texts tokenizes without `<unk>`."""
+    letters, the frames' times), so any prompt built from these texts tokenizes without `<unk>`.
+    Digits are words of their own, so every number reads."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    words = set(extra_words) | set(OPTION_LETTERS)
-    for t in [*texts, PLAIN_TEMPLATE, MC_INSTRUCTION]:
-        words.update(re.findall(r"\w+|[^\w\s]", t))
+    words = set(extra_words) | set(OPTION_LETTERS) | set("0123456789")
+    for t in [*texts, PLAIN_TEMPLATE, MC_INSTRUCTION, time_text(1.0, [0.0])]:
+        words.update(re.findall(r"\d|[^\W\d]+|[^\w\s]", t))
     words -= {"prompt"}  # PLAIN_TEMPLATE's format field, never text
     vocab = {w: i for i, w in enumerate(SPECIAL + sorted(words - set(SPECIAL)))}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Whitespace(), pre_tokenizers.Digits(individual_digits=True)]
+    )
     tok.decoder = decoders.WordPiece(prefix="##")  # joins words with single spaces
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,

@@ -80,6 +80,13 @@ class VideoClip:
     # an answer built on this clip should say so.
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def duration(self) -> float:
+        """Seconds of video the frames come from (the last frame's time for clips built in memory)."""
+        if self.info is not None:
+            return float(self.info.duration)
+        return float(self.timestamps[-1]) if len(self.timestamps) else 0.0
+
 
 @dataclass
 class _Walk:

@@ -90,3 +90,34 @@ def test_rerun_with_other_settings_never_reuses_a_mismatched_clip(tmp_path):
     b = generate_split(tmp_path, 2, frames=16, seed=3, tasks=["count"])
     assert {r.video for r in a}.isdisjoint({r.video for r in b})
     assert all(probe(tmp_path / r.video).num_frames == 16 for r in b)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_when_clips_show_the_shape_from_the_answered_second(seed):
+    from stormvl.data.synthetic import FPS, WHEN_LENGTHS, option_seconds
+
+    rng = random.Random(seed)
+    lengths = set()
+    for _ in range(12):
+        f, q, opts, ans, truth = make_sample(rng, "when", 16)
+        k = len(f) // 16
+        assert len(f) == 16 * k and k in WHEN_LENGTHS and truth["duration"] == len(f) / FPS
+        lengths.add(k)
+        on = [_visible(fr) for fr in f]
+        first = on.index(True)
+        assert not any(on[:first]) and all(on[first:])  # appears once and stays
+        assert option_seconds(opts["ABCD".index(ans)]) == truth["seconds"] == first / FPS
+        assert len(set(opts)) == 4 and q.startswith("At what second does the")
+    assert len(lengths) > 1  # clip lengths vary, so frame positions alone cannot tell the second
+
+
+def test_when_split_records_each_clips_own_duration(tmp_path):
+    from stormvl.video import probe
+
+    recs = generate_split(tmp_path, 6, frames=8, seed=1, tasks=["when"])
+    for r in recs:
+        info = probe(tmp_path / r.video)
+        assert r.duration == r.extra["truth"]["duration"] == pytest.approx(info.duration, abs=1e-6)
+        assert info.num_frames == round(r.duration * 8)
+    with pytest.raises(ValueError, match="unknown synthetic task"):
+        generate_split(tmp_path / "x", 2, tasks=["sometime"])

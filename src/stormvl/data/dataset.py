@@ -129,24 +129,26 @@ class VideoQADataset(Dataset):
     def __len__(self):
         return len(self.samples)
 
-    def frames(self, i) -> np.ndarray:
+    def frames(self, i) -> tuple[np.ndarray, tuple[float, list[float]]]:
+        """Sample i's frames (T, H, W, 3) and their times: (video duration, frame timestamps)."""
         key = (self.samples[i].video, self.num_frames, self.size)
         if self.cache is not None and key in self.cache:
             return self.cache[key]
         s = self.samples[i]
         if s.image:
-            f = load_image(s.video, size=self.size)  # (1, H, W, 3)
+            out = load_image(s.video, size=self.size), (0.0, [0.0])  # (1, H, W, 3)
         else:
-            f = load_video(s.video, self.num_frames, size=self.size).frames
+            clip = load_video(s.video, self.num_frames, size=self.size)
+            out = clip.frames, (clip.duration, [round(float(t), 3) for t in clip.timestamps])
         if self.cache is not None:
-            self.cache[key] = f
-        return f
+            self.cache[key] = out
+        return out
 
     def __getitem__(self, i):
         s = self.samples[i]
         try:
-            frames = self.frames(i)
+            frames, times = self.frames(i)
         except VideoError as e:
             warnings.warn(f"skipping training sample {i}: {e}", stacklevel=2)
             return None
-        return frames, s.question, s.options, s.answer, s.history
+        return frames, s.question, s.options, s.answer, s.history, times

@@ -7,6 +7,9 @@ real H.264 mp4, with a 4-option question of one of five types:
   count      how many times a shape flashes (1-4)
   state      a shape's colour at the start or at the end (it changes colour once)
   recall     which shape was shown at the very beginning (then hidden behind later distractors)
+  when       at what second a shape appears (not in the default mix: its clips last 1 to 4 times
+             the others, so the answer needs the video's length, which the frames alone do not
+             show; it measures what `prompt_timestamps` gives the model)
 Everything is drawn from `random.Random(seed)`, so a split is reproducible from its seed.
 """
 
@@ -35,6 +38,9 @@ SHAPES = ["square", "circle", "triangle", "cross"]
 DIRECTIONS = ["left", "right", "up", "down"]
 COUNTS = ["one", "two", "three", "four"]
 TASKS = ["direction", "order", "count", "state", "recall"]
+EXTRA_TASKS = ["when"]
+WHEN_LENGTHS = (1, 2, 3, 4)  # a "when" clip has this many times the split's frame count
+WHEN_EIGHTHS = range(1, 8)  # the shape appears this many eighths into the clip
 SIZE = 64
 BG = (16, 16, 24)
 FPS = 8
@@ -78,7 +84,9 @@ def _options(rng, correct, pool):
 
 def make_sample(rng: random.Random, task: str, n: int):
     """Returns (frames (n, 64, 64, 3) uint8, question, options, answer letter, ground truth dict
-    with a one-line caption of what happens)."""
+    with a one-line caption of what happens). A "when" clip has k * n frames, k in WHEN_LENGTHS."""
+    if task == "when":
+        return _when_sample(rng, n)
     f = blank_frames(n)
     colors = list(COLORS)
     if task == "direction":
@@ -173,6 +181,34 @@ def make_sample(rng: random.Random, task: str, n: int):
     return f, q, opts, ans, truth
 
 
+def _seconds(t: float) -> str:
+    return f"{t:.2f} seconds"
+
+
+def _when_sample(rng: random.Random, n: int):
+    k, eighth = rng.choice(WHEN_LENGTHS), rng.choice(WHEN_EIGHTHS)
+    f = blank_frames(n * k)
+    shape, color = rng.choice(SHAPES), rng.choice(list(COLORS))
+    onset = eighth * n * k // 8
+    pos = (rng.uniform(14, 50), rng.uniform(14, 50))
+    for t in range(onset, n * k):
+        draw(f[t], shape, color, *pos)
+    seconds = onset / FPS
+    # Distractors come from every clip length, so the options do not give the length away.
+    pool = sorted({e * n * j // 8 / FPS for e in WHEN_EIGHTHS for j in WHEN_LENGTHS} - {seconds})
+    opts = [_seconds(seconds)] + [_seconds(t) for t in rng.sample(pool, 3)]
+    rng.shuffle(opts)
+    q = f"At what second does the {color} {shape} appear?"
+    caption = f"the {color} {shape} appears at {_seconds(seconds)}"
+    truth = {"seconds": seconds, "duration": n * k / FPS, "caption": caption}
+    return f, q, opts, "ABCD"[opts.index(_seconds(seconds))], truth
+
+
+def option_seconds(option: str) -> float:
+    """The time a "when" option names."""
+    return float(option.split()[0])
+
+
 def vocabulary() -> list[str]:
     """Every word a synthetic question or option can use (for word-level tokenizers)."""
     from ..processing import MC_INSTRUCTION
@@ -184,6 +220,7 @@ def vocabulary() -> list[str]:
         "How many times does the flash ?",
         "What color is the at the start end of the video ?",
         "Which shape was shown at the beginning of the video ?",
+        "At what second does the appear ? 0.25 seconds",
         MC_INSTRUCTION,
         CAPTION_PROMPT,
         "user : assistant : . , ( ) answer is appears then flashes times moves shown first",
@@ -202,6 +239,9 @@ def generate_split(
 
     if frames < 8:
         raise InputError(f"synthetic videos need at least 8 frames, got {frames}")
+    bad = [t for t in tasks if t not in TASKS + EXTRA_TASKS]
+    if bad:
+        raise InputError(f"unknown synthetic task(s) {bad}; choose from {TASKS + EXTRA_TASKS}")
     out = Path(out_dir)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
@@ -230,7 +270,7 @@ def generate_split(
                 options=opts,
                 answer=ans,
                 task_type=task,
-                duration=frames / FPS,
+                duration=len(f) / FPS,
                 extra={"truth": truth, "seed": seed},
             )
         )

@@ -233,14 +233,14 @@ class Trainer:
             it = ds[i]
             if it is None:
                 continue
-            frames, q, opts, ans, history = it
+            frames, q, opts, ans, history, times = it
             if open_ended and opts:
                 opts, ans = None, opts[OPTION_LETTERS.index(ans)]
-            items.append((frames, q, opts, ans, history))
+            items.append((frames, q, opts, ans, history, times))
         if not items:
             return None
-        frames, questions, options, answers, histories = zip(*items)
-        prompts = [self.processor.prompt_text(q, o, h) for q, o, h in zip(questions, options, histories)]
+        frames, questions, options, answers, histories, times = zip(*items)
+        prompts = [self.processor.prompt_text(*it) for it in zip(questions, options, histories, times)]
         return self.processor(list(frames), prompts, answers=list(answers), temporal_sample=temporal_sample)
 
     # -- checkpoints ---------------------------------------------------------------------------
