@@ -327,6 +327,7 @@ BENCH = [
     ("unknown setting", ["--settings", "nope"], "unknown setting"),
     ("zero frames", ["--frames", "0"], "--frames values"),
     ("zero repeats", ["--repeats", "0"], "--repeats"),
+    ("zero max seconds", ["--max-seconds", "0"], "--max-seconds"),
     ("unknown device", ["--device", "gpu0"], "not a device name"),
     ("no cuda", ["--device", "cuda:7"], "device cuda:7"),
     ("video missing", ["--size", "tiny", "--frames", "4", "--video", "{w}/missing.mp4"], "no such file"),

@@ -537,6 +537,8 @@ def cmd_bench(a):
     if any(f < 1 or f > 4096 for f in a.frames):
         raise InputError("--frames values must be in [1, 4096]")
     _check_counts(a, temporal_layers=(1, 64))
+    if not a.max_seconds > 0:
+        raise InputError(f"--max-seconds must be > 0, got {a.max_seconds}")
     if a.repeats < 1 or a.warmup < 0:
         raise InputError("--repeats must be >= 1 and --warmup >= 0")
     _writable_dir(a.out)  # before minutes of measuring, not after
@@ -559,6 +561,7 @@ def cmd_bench(a):
         dtype=getattr(torch, a.dtype),
         video=a.video,
         progress=True,
+        max_pass_s=a.max_seconds,
     )
     meta = {
         "size": a.size,
@@ -713,6 +716,10 @@ def build_parser():
     s.add_argument("--device", default="cpu")
     s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     s.add_argument("--video", help="decode this video for the frames (and time decoding)")
+    s.add_argument(
+        "--max-seconds", type=float, default=120.0,
+        help="skip a setting whose pass would take longer, judged from its previous frame count (default 120)",
+    )  # fmt: skip
     s.add_argument("--out", default="bench")
     s.set_defaults(fn=cmd_bench)
     return p

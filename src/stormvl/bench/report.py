@@ -15,6 +15,11 @@ def format_table(rows) -> str:
         "|---" * (14 + 2 * decoded) + "|",
     ]
     for r in rows:
+        if "skipped" in r:
+            cells = 11 + 2 * decoded
+            head = f"| {r['frames']} | {r['setting']} | {r['llm_visual_tokens']} | not run: {r['skipped']} |"
+            lines.append(head + " |" * (cells - 1))
+            continue
         g, s = r["gflops"], r["seconds"]
         tail = f" {r['decode_s']:.3f} | {r['end_to_end_s']:.3f} |" if decoded else ""
         lines.append(
@@ -35,11 +40,12 @@ def plot(rows, path):
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    frames = sorted({r["frames"] for r in rows})
+    rows = [r for r in rows if "skipped" not in r]
     settings = list(dict.fromkeys(r["setting"] for r in rows))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for s in settings:
-        pts = [next(r for r in rows if r["frames"] == f and r["setting"] == s) for f in frames]
+        pts = sorted((r for r in rows if r["setting"] == s), key=lambda r: r["frames"])
+        frames = [p["frames"] for p in pts]
         axes[0].plot(frames, [p["ttft_s"] for p in pts], marker="o", label=s)
         axes[1].plot(frames, [p["llm_visual_tokens"] for p in pts], marker="o", label=s)
     axes[0].set(xlabel="input frames", ylabel="time to first token (s)", title="Latency")

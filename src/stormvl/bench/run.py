@@ -74,6 +74,32 @@ def time_once(model: StormForConditionalGeneration, pixel, input_ids, new_tokens
     return StageTimes(t1 - t0, t2 - t1, t3 - t2, t4 - t3, (t5 - t4) / max(1, new_tokens))
 
 
+def available_mib() -> float:
+    """Memory the system can still give this process (Linux's MemAvailable), or infinity."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("inf")
+
+
+def predicted_cost(prev: dict, frames: int) -> tuple[float, float]:
+    """(seconds per pass, peak MiB) at `frames`, from the same setting's row at fewer frames: the
+    vision tower and temporal encoder grow linearly with frames, the LLM's prefill and the peak
+    memory (attention over the prompt) are taken to grow with its square, so the guess errs high."""
+    r = frames / prev["frames"]
+    s = prev["seconds"]
+    t = (s["vision"] + s["temporal"] + s["reduction"]) * r + s["prefill"] * r * r
+    return t, prev["peak_mem_mib"] * r * r
+
+
+def skipped_row(frames, setting, cfg, why) -> dict:
+    return {"frames": frames, "setting": setting, "llm_visual_tokens": cfg.tokens_per_video(frames), "skipped": why}
+
+
 def run_bench(
     frame_counts=(32, 64, 128),
     settings=tuple(SETTINGS),
@@ -87,8 +113,12 @@ def run_bench(
     dtype=torch.float32,
     video=None,
     progress=True,
+    max_pass_s: float = 120.0,
 ):
-    """Returns a list of result rows (one per frame count and setting)."""
+    """Returns a list of result rows (one per frame count and setting). A setting whose pass would
+    take more than `max_pass_s` seconds, or more memory than is available, judged from its row at
+    the previous frame count, is not run: its row says why (`skipped`); so is one that runs out of
+    memory."""
     from ..video import load_video
 
     device = torch.device(device)
@@ -105,7 +135,7 @@ def run_bench(
 
         bar = tqdm(total=len(frame_counts) * len(settings) * (warmup + repeats + 1), desc="bench", unit="pass")
 
-    for T in frame_counts:
+    for T in sorted(frame_counts):  # each setting's cost at fewer frames predicts the next
         t_decode = None
         if video is not None:
             t = time.perf_counter()
@@ -115,7 +145,30 @@ def run_bench(
         else:
             pixel = torch.randn(T, 3, cfg0.vision_config.image_size, cfg0.vision_config.image_size)
         pixel = pixel.to(device=device, dtype=dtype)  # (T, 3, S, S)
-        ids = {s: prompt_ids(models[s], T, prompt_tokens, device) for s in settings}
+        last = {}  # setting -> its row at the largest frame count measured so far
+        for r in rows:
+            if "skipped" not in r:
+                last[r["setting"]] = r
+        active = []
+        for s in settings:
+            cfg = models[s].config
+            if s in last:
+                secs, mib = predicted_cost(last[s], T)
+                if secs > max_pass_s:
+                    why = f"one pass would take about {secs:.0f} s (over --max-seconds {max_pass_s:g})"
+                    rows.append(skipped_row(T, s, cfg, why))
+                    continue
+                if mib > 0.8 * available_mib():
+                    why = f"would need about {mib / 1024:.1f} GiB, more than this machine has free"
+                    rows.append(skipped_row(T, s, cfg, why))
+                    continue
+            elif any(r["setting"] == s for r in rows):  # skipped at fewer frames: more cannot fit
+                rows.append(skipped_row(T, s, cfg, "skipped at fewer frames"))
+                continue
+            active.append(s)
+        if bar is not None:
+            bar.total -= (len(settings) - len(active)) * (warmup + repeats + 1)
+        ids = {s: prompt_ids(models[s], T, prompt_tokens, device) for s in active}
 
         def once(s):
             t = time_once(models[s], pixel, ids[s], new_tokens, device)
@@ -123,16 +176,22 @@ def run_bench(
                 bar.update(1)
             return t
 
-        for s in settings:
-            for _ in range(warmup):
-                once(s)
+        for s in list(active):
+            try:
+                for _ in range(warmup):
+                    once(s)
+            except (MemoryError, RuntimeError) as e:
+                if not isinstance(e, MemoryError) and "memory" not in str(e).lower():
+                    raise
+                active.remove(s)
+                rows.append(skipped_row(T, s, models[s].config, "ran out of memory"))
         # Repeats go round the settings, so a slow spell on a shared machine hits all of them
         # alike instead of skewing one setting's median (the ratios are what matter).
-        times = {s: [] for s in settings}
+        times = {s: [] for s in active}
         for _ in range(repeats):
-            for s in settings:
+            for s in active:
                 times[s].append(once(s))
-        for s in settings:
+        for s in active:
             cfg = models[s].config
             with PeakMemory(device) as mem:
                 once(s)
@@ -167,9 +226,10 @@ def run_bench(
             )
     if bar is not None:
         bar.close()
+    rows.sort(key=lambda r: (r["frames"], settings.index(r["setting"])))
     for r in rows:  # ratios against the baseline of the same frame count, same run
         base = next((b for b in rows if b["frames"] == r["frames"] and b["setting"] == "baseline"), None)
-        if base:
+        if base and "skipped" not in base and "skipped" not in r:
             r["token_reduction_x"] = round(base["llm_visual_tokens"] / r["llm_visual_tokens"], 2)
             r["ttft_speedup_x"] = round(base["ttft_s"] / r["ttft_s"], 2)
     return rows
