@@ -31,7 +31,7 @@ def cut_vision_tower(tower: nn.Module, layer: int) -> None:
     embeddings, -1 the last layer's output): the later layers and the final LayerNorm go, in
     place. Removed rather than skipped, so no parameter is dead weight (unused parameters break
     DDP) and saved folders hold only what runs. Needs a SigLIP- or CLIP-like tower."""
-    body = getattr(tower, "vision_model", None)
+    body = getattr(tower, "vision_model", tower)  # transformers 5 dropped the `vision_model` level
     layers = getattr(getattr(body, "encoder", None), "layers", None)
     if not isinstance(layers, nn.ModuleList) or not hasattr(body, "post_layernorm"):
         raise ConfigError(f"vision_feature_layer needs a SigLIP- or CLIP-like vision tower, not {type(tower).__name__}")
