@@ -142,6 +142,26 @@ def test_converted_model_answers_exactly_as_the_source(folders):
     assert len(src_tokens) > 0 and src_tokens.tolist() == storm_tokens.tolist()
 
 
+def test_pipeline_answers_a_video_file_as_the_source_generates_and_chats_on(folders, tmp_path):
+    from stormvl.video import write_video
+
+    src, dst = folders
+    source = LlavaOnevisionForConditionalGeneration.from_pretrained(src, local_files_only=True).eval()
+    rng = np.random.default_rng(3)
+    path = write_video(tmp_path / "clip.mp4", rng.integers(0, 255, (8, 48, 64, 3), dtype=np.uint8), fps=4)
+    pipe = stormvl.load(dst)
+    ans = pipe.answer(path, QUESTION, num_frames=4, max_new_tokens=8)
+    pixel = pipe.processor.preprocess(pipe.load_clip(path, 4).frames)[None]  # what the pipeline read
+    ids = source_prompt_ids(src, 4)
+    with torch.no_grad():
+        out = source.generate(input_ids=ids, pixel_values_videos=pixel, max_new_tokens=8, do_sample=False)
+    assert ans.visual_tokens == 4 * POOLED + 1 and ans.prompt_tokens == ids.shape[1]
+    assert ans.completion_tokens > 0 and ans.text == pipe.processor.decode(out[0, ids.shape[1] :])
+    chat = pipe.chat(path, num_frames=4)  # a follow-up renders the assistant turn as parts too
+    chat.ask(QUESTION, max_new_tokens=4)
+    assert chat.ask("what moves ?", max_new_tokens=4).visual_tokens == 4 * POOLED + 1
+
+
 def test_converted_config_and_preprocessing_read_the_source_settings(folders):
     src, dst = folders
     cfg = StormForConditionalGeneration.config_class.from_pretrained(dst)
