@@ -81,3 +81,14 @@ def test_bare_config_has_the_papers_shapes():
     assert c.text_config.hidden_size == 3584 and c.text_config.num_hidden_layers == 28  # Qwen2-7B
     assert c.grid_size == (16, 16)  # 32x32 patches, 2x2 pixel shuffle
     assert c.tokens_per_video(32) == 8192  # the paper's 8K visual-token budget at 32 frames
+
+
+def test_llava_onevision_fields_count_the_newline_and_ceil_the_bilinear_grid(tiny_tokenizer):
+    # The tiny grid is 4x4: average pooling by 3 is refused, bilinear pooling makes it 2x2.
+    c = tiny_config(tiny_tokenizer, spatial_pool=3, spatial_pool_mode="bilinear", video_newline=True)
+    assert c.tokens_per_video(8) == 8 * 2 * 2 + 1 and c.tokens_per_video(8, 2) == 4 * 2 * 2 + 1
+    assert StormConfig().tokens_per_video(32) == 8192  # the paper's path unchanged: no newline
+    with pytest.raises(ConfigError, match="vision_feature_layer must be None or an integer"):
+        StormConfig(vision_feature_layer="penultimate")
+    with pytest.raises(ConfigError, match="spatial_pool_mode must be one of"):
+        StormConfig(spatial_pool_mode="max")

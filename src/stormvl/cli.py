@@ -1,4 +1,5 @@
-"""`stormvl` command: answer, plan, chat, serve, fetch, merge-lora, convert-data, synth, train, eval, bench.
+"""`stormvl` command: answer, plan, chat, serve, fetch, merge-lora, convert-model, convert-data, synth, train, eval,
+bench.
 
 Every error a user can cause (a `StormError`: bad video, bad config, missing file) ends as one
 line on stderr and exit status 2; anything else is a bug and keeps its traceback. torch and
@@ -398,6 +399,23 @@ def cmd_merge_lora(a):
     print(f"merged {a.model}'s adapter into {a.out}", file=sys.stderr)
 
 
+def cmd_convert_model(a):
+    from .convert.llava_onevision import check_destination, check_source
+
+    check_source(a.src)  # both before torch loads (seconds)
+    check_destination(a.dst)
+    _quiet_transformers()
+    from .convert.llava_onevision import convert
+
+    info = convert(a.src, a.dst)
+    print(
+        f"converted {a.src} (LLaVA-OneVision, {info['dtype']}) into {a.dst}: {info['parameters'] / 1e6:.1f}M "
+        f"parameters, {info['temporal_encoder_parameters'] / 1e6:.2f}M of them a new temporal encoder (the identity "
+        f"until trained); {info['num_frames']} frames -> {info['tokens_per_video']} visual tokens",
+        file=sys.stderr,
+    )
+
+
 def cmd_convert_data(a):
     from .data.formats import convert
     from .data.records import write_jsonl
@@ -669,6 +687,12 @@ def build_parser():
     s.add_argument("model", help="a STORM model folder with an adapter/ (from a train: lora stage)")
     s.add_argument("out", help="the new folder for the merged model")
     s.set_defaults(fn=cmd_merge_lora)
+
+    s = sub.add_parser("convert-model", help="a pretrained video LLM's folder into a STORM model folder")
+    s.add_argument("--from", dest="fmt", required=True, choices=["llava-onevision"])
+    s.add_argument("src", help="a transformers LlavaOnevisionForConditionalGeneration folder (safetensors)")
+    s.add_argument("dst", help="the new STORM model folder (must not exist, or be empty)")
+    s.set_defaults(fn=cmd_convert_model)
 
     s = sub.add_parser("convert-data", help="video-instruction data from other formats into training records")
     s.add_argument("--from", dest="fmt", required=True,

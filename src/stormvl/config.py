@@ -37,8 +37,24 @@ FIELDS: dict[str, Field] = {
         "linear",
         "vision",
         "fixed",
-        "'linear' (STORM) or 'mlp' (VILA's two-layer projector, the baseline).",
-        ("linear", "mlp"),
+        "'linear' (STORM), 'mlp' (VILA's two-layer projector, the baseline) or 'mlp2x_gelu' (LLaVA's: "
+        "Linear, GELU, Linear, no LayerNorm).",
+        ("linear", "mlp", "mlp2x_gelu"),
+    ),
+    "vision_feature_layer": Field(
+        None,
+        "vision",
+        "fixed",
+        "None: the tower's output after its final LayerNorm (STORM). An int k: its hidden state k as "
+        "transformers counts them (0 the embeddings, -1 the last layer's output before the final norm, "
+        "as LLaVA-OneVision reads it); the layers after k and the final norm are not built.",
+    ),
+    "vision_feature_select_strategy": Field(
+        "full",
+        "vision",
+        "fixed",
+        "'full': every token of the tower's output; 'default': all but the first (a CLS token), as LLaVA names it.",
+        ("full", "default"),
     ),
     "downsample": Field(
         2, "vision", "fixed", "Pixel-shuffle factor before the projector: 2 makes 2x2 patches one token."
@@ -86,6 +102,14 @@ FIELDS: dict[str, Field] = {
     # -- reduction ---------------------------------------------------------------------------------
     "temporal_pool": Field(1, "reduction", "training", "k_t: average every k_t consecutive encoded frames."),
     "spatial_pool": Field(1, "reduction", "training", "k_s: average k_s x k_s tokens of each frame's grid."),
+    "spatial_pool_mode": Field(
+        "average",
+        "reduction",
+        "training",
+        "'average' (STORM's, the grid must divide by k_s) or 'bilinear': resize each frame's grid to "
+        "ceil(h / k_s) x ceil(w / k_s) (LLaVA-OneVision's video pooling).",
+        ("average", "bilinear"),
+    ),
     "temporal_sample": Field(1, "reduction", "any", "s: keep every s-th frame after pooling (training-free)."),
     "num_frames": Field(32, "reduction", "any", "Frames sampled uniformly from a video when none are asked for."),
     # -- prompting ---------------------------------------------------------------------------------
@@ -105,6 +129,21 @@ FIELDS: dict[str, Field] = {
         "Tell the LLM the video's length and each sampled frame's time, as LLaVA-Video does (\"The video lasts "
         '62.0 seconds, and 32 frames are sampled at 0.0s, 2.0s, ...").',
     ),
+    "video_newline": Field(
+        False,
+        "prompting",
+        "fixed",
+        "Append one learned token after a video's frames (LLaVA-OneVision's image_newline); it counts "
+        "in tokens_per_video.",
+    ),
+    "chat_content": Field(
+        "text",
+        "prompting",
+        "fixed",
+        "How the chat template reads a user turn: 'text' (a string holding the video placeholder) or "
+        "'parts' (transformers' multimodal list of {'type': 'video'} and {'type': 'text'} parts).",
+        ("text", "parts"),
+    ),
     "choice_mode": Field(
         "generate",
         "prompting",
@@ -117,6 +156,13 @@ FIELDS: dict[str, Field] = {
         (0.5, 0.5, 0.5), "preprocessing", "fixed", "Per-channel mean the vision tower was trained with."
     ),
     "image_std": Field((0.5, 0.5, 0.5), "preprocessing", "fixed", "Per-channel std the vision tower was trained with."),
+    "resample": Field(
+        "bilinear",
+        "preprocessing",
+        "fixed",
+        "How frames are resized to the tower's input size (antialiased).",
+        ("bilinear", "bicubic"),
+    ),
 }
 
 # Keys transformers' own PretrainedConfig reads or writes in config.json, across the releases
@@ -178,6 +224,9 @@ class StormConfig(PretrainedConfig):
             raise ConfigError(
                 f"bad StormConfig: mamba_dt_rank must be None or {POSITIVE_INT}, got {self.mamba_dt_rank!r}"
             )
+        k = self.vision_feature_layer
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int)):
+            raise ConfigError(f"bad StormConfig: vision_feature_layer must be None or an integer, got {k!r}")
         d = self.text_config.hidden_size
         if self.use_temporal_encoder and self.mamba_version == 2 and (self.mamba_expand * d) % self.mamba_head_dim:
             raise ConfigError(
@@ -185,7 +234,7 @@ class StormConfig(PretrainedConfig):
                 f"mamba_head_dim ({self.mamba_head_dim})"
             )
         grid = self.grid_size
-        if grid[0] % self.spatial_pool:
+        if self.spatial_pool_mode == "average" and grid[0] % self.spatial_pool:
             raise ConfigError(f"bad StormConfig: token grid {grid} not divisible by spatial_pool={self.spatial_pool}")
         return self
 
@@ -220,11 +269,12 @@ class StormConfig(PretrainedConfig):
         return (g, g)
 
     def tokens_per_video(self, num_frames: int | None = None, temporal_sample: int | None = None) -> int:
-        """Visual tokens the LLM reads for one video. The processor asks this to size the prompt;
-        the model's reducer produces exactly this many, and the model checks it."""
+        """Visual tokens the LLM reads for one video, the newline token included. The processor
+        asks this to size the prompt; the model's reducer produces exactly this many, and the model
+        checks it."""
         from .models.token_reduction import reduced_token_count
 
-        return reduced_token_count(
+        return int(self.video_newline) + reduced_token_count(
             num_frames or self.num_frames,
             self.grid_size,
             self.temporal_pool,

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import StormConfig
-from .errors import InputError
+from .errors import ConfigError, InputError
 
 # Used when the tokenizer has no chat template of its own (tiny word-level tokenizers).
 PLAIN_TEMPLATE = "user : {prompt} assistant :"
@@ -74,7 +74,7 @@ def parse_letter(text: str, num_options: int = 4) -> str | None:
     return m.group(1).upper() if m else None
 
 
-def preprocess_frames(frames, image_size: int, mean, std) -> torch.Tensor:
+def preprocess_frames(frames, image_size: int, mean, std, resample: str = "bilinear") -> torch.Tensor:
     """uint8 RGB (T, H, W, 3) -> float (T, 3, S, S), resized with antialiasing and normalised."""
     if isinstance(frames, np.ndarray):
         frames = torch.from_numpy(frames)
@@ -82,7 +82,9 @@ def preprocess_frames(frames, image_size: int, mean, std) -> torch.Tensor:
         raise InputError(f"expected frames (T, H, W, 3), got {tuple(frames.shape)}")
     x = frames.permute(0, 3, 1, 2).float().div_(255.0)  # (T, 3, H, W)
     if x.shape[-2:] != (image_size, image_size):
-        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
+        x = F.interpolate(x, size=(image_size, image_size), mode=resample, antialias=True, align_corners=False)
+        if resample == "bicubic":  # overshoots; image processors resize uint8 pixels, which clip to [0, 255]
+            x = x.clamp_(0.0, 1.0)
     mean = torch.tensor(mean, dtype=x.dtype).view(1, 3, 1, 1)
     std = torch.tensor(std, dtype=x.dtype).view(1, 3, 1, 1)
     return (x - mean) / std
@@ -108,6 +110,8 @@ class StormProcessor:
             config.video_token_id = tokenizer.convert_tokens_to_ids(config.video_token)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
+        if config.chat_content == "parts" and not getattr(tokenizer, "chat_template", None):
+            raise ConfigError("chat_content 'parts' needs a tokenizer with a chat template")
 
     @classmethod
     def from_pretrained(cls, path, config: StormConfig | None = None):
@@ -130,21 +134,26 @@ class StormProcessor:
         # "after" suits small LMs trained from scratch: with the video last, each frame's distance
         # to the answer (all RoPE lets attention see) no longer depends on the question's length.
         video = self.config.video_token
+        said = None  # the frames' times, for a model with prompt_timestamps
         if self.config.prompt_timestamps:
             if times is None:
                 raise InputError("this model reads its frames' timestamps in the prompt, but none were given")
-            video = (
-                f"{time_text(*times)}\n{video}"
-                if self.config.video_position == "after"
-                else (f"{video}\n{time_text(*times)}")
-            )
+            said = time_text(*times)
+            video = f"{said}\n{video}" if self.config.video_position == "after" else f"{video}\n{said}"
+        parts = self.config.chat_content == "parts"  # the template places the video itself (LLaVA-OneVision's)
         messages = []
         for i, (body, reply) in enumerate(turns):
-            if i == 0:
+            if parts:
+                body = [{"type": "text", "text": body}]
+                if i == 0:
+                    media = [{"type": "video"}] + ([{"type": "text", "text": said}] if said else [])
+                    # The times sit between the video and the question, on the video's side.
+                    body = media + body if self.config.video_position == "before" else body + media[::-1]
+            elif i == 0:
                 body = f"{video}\n{body}" if self.config.video_position == "before" else f"{body}\n{video}"
             messages.append({"role": "user", "content": body})
             if reply is not None:
-                messages.append({"role": "assistant", "content": reply})
+                messages.append({"role": "assistant", "content": [{"type": "text", "text": reply}] if parts else reply})
         if getattr(self.tokenizer, "chat_template", None):
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         parts = [PLAIN_TEMPLATE.format(prompt=m["content"]) if m["role"] == "user" else m["content"] for m in messages]
@@ -188,7 +197,7 @@ class StormProcessor:
     # -- frames --------------------------------------------------------------------------------
     def preprocess(self, frames) -> torch.Tensor:
         c = self.config
-        return preprocess_frames(frames, c.vision_config.image_size, c.image_mean, c.image_std)
+        return preprocess_frames(frames, c.vision_config.image_size, c.image_mean, c.image_std, c.resample)
 
     # -- batches -------------------------------------------------------------------------------
     def __call__(

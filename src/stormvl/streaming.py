@@ -73,7 +73,10 @@ class StreamSession:
         """A pooling group, averaged as temporal pooling averages it, then pooled spatially: (N', D)."""
         cfg = self.pipe.config
         x = torch.stack(group)[None]  # (1, g, N, D)
-        return reduce_tokens(x, grid=cfg.grid_size, temporal_pool_k=len(group), spatial_pool_k=cfg.spatial_pool)[0, 0]
+        return reduce_tokens(
+            x, grid=cfg.grid_size, temporal_pool_k=len(group), spatial_pool_k=cfg.spatial_pool,
+            spatial_mode=cfg.spatial_pool_mode,
+        )[0, 0]  # fmt: skip
 
     def tokens(self) -> torch.Tensor:
         """The visual tokens of everything seen so far, (V, D): equal to encoding all the frames at
@@ -83,7 +86,7 @@ class StreamSession:
             parts.append(self._reduce(self.pending))
         if not parts:
             raise InputError("no frames have arrived yet")
-        return torch.cat(parts)
+        return self.pipe.model.video_token_sequence(torch.cat(parts)[None, None])[0]  # (V, D), newline included
 
     def ask(self, question: str, options: list[str] | None = None, *, max_new_tokens: int = 32, on_text=None):
         """Answer about everything seen up to now; the chat's earlier turns go along."""

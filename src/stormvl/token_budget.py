@@ -34,7 +34,7 @@ class BudgetPlan:
 
 def tokens_per_pooled_frame(config) -> int:
     gh, gw = config.grid_size
-    return (gh // config.spatial_pool) * (gw // config.spatial_pool)
+    return math.ceil(gh / config.spatial_pool) * math.ceil(gw / config.spatial_pool)
 
 
 def plan_budget(
@@ -52,11 +52,11 @@ def plan_budget(
     the video's own frame count when known, caps the frames (more would only repeat frames)."""
     if isinstance(max_visual_tokens, bool) or not isinstance(max_visual_tokens, int) or max_visual_tokens < 1:
         raise InputError(f"max_visual_tokens must be an integer >= 1, got {max_visual_tokens!r}")
-    per_frame = tokens_per_pooled_frame(config)
-    if max_visual_tokens < per_frame:
+    one_frame = config.tokens_per_video(1, 1)  # the newline token, when the model has one, included
+    if max_visual_tokens < one_frame:
         raise InputError(
-            f"a budget of {max_visual_tokens} visual tokens is below one frame's {per_frame} tokens after this "
-            f"model's {config.spatial_pool}x{config.spatial_pool} spatial pooling; the smallest budget is {per_frame}"
+            f"a budget of {max_visual_tokens} visual tokens is below one frame's {one_frame} tokens after this "
+            f"model's {config.spatial_pool}x{config.spatial_pool} spatial pooling; the smallest budget is {one_frame}"
         )
 
     def tokens(f, s):
@@ -97,11 +97,14 @@ def reduction_steps(config, num_frames: int, temporal_sample: int) -> list[tuple
     gh, gw = config.grid_size
     t_pooled = math.ceil(num_frames / config.temporal_pool)
     per = tokens_per_pooled_frame(config)
-    return [
+    total, newline = config.tokens_per_video(num_frames, temporal_sample), int(config.video_newline)
+    steps = [
         (f"{num_frames} frames x {gh}x{gw} tokens (vision tower + projector)", num_frames * gh * gw),
         ("temporal encoder (tokens unchanged)", num_frames * gh * gw),
         (f"temporal pooling {config.temporal_pool}x -> {t_pooled} frames", t_pooled * gh * gw),
-        (f"spatial pooling {config.spatial_pool}x{config.spatial_pool}", t_pooled * per),
-        (f"test-time sampling {temporal_sample}x -> {math.ceil(t_pooled / temporal_sample)} frames",
-         config.tokens_per_video(num_frames, temporal_sample)),
-    ]  # fmt: skip
+        (f"spatial pooling {config.spatial_pool}x{config.spatial_pool} ({config.spatial_pool_mode})", t_pooled * per),
+        (f"test-time sampling {temporal_sample}x -> {math.ceil(t_pooled / temporal_sample)} frames", total - newline),
+    ]
+    if newline:
+        steps.append(("newline token after the frames", total))
+    return steps

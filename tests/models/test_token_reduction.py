@@ -41,3 +41,13 @@ def test_token_counts(T, kt, ks, s):
     y = reduce_tokens(x, grid=(4, 4), temporal_pool_k=kt, spatial_pool_k=ks, temporal_sample_s=s)
     expected = math.ceil(math.ceil(T / kt) / s) * (16 // ks // ks)
     assert y.shape[1] * y.shape[2] == expected == reduced_token_count(T, (4, 4), kt, ks, s)
+
+
+def test_bilinear_spatial_pool_takes_odd_grids_and_counts_with_ceil():
+    x = torch.randn(2, 3, 25, 4, dtype=torch.float64)  # a 5x5 grid, as LLaVA-OneVision's 27x27 is odd
+    y = spatial_pool(x, 2, (5, 5), "bilinear")
+    assert y.shape == (2, 3, 9, 4) and reduced_token_count(3, (5, 5), 1, 2, 1) == 27
+    flat = spatial_pool(torch.full((1, 1, 25, 2), 7.0, dtype=torch.float64), 2, (5, 5), "bilinear")
+    assert torch.allclose(flat, torch.full((1, 1, 9, 2), 7.0, dtype=torch.float64))
+    with pytest.raises(ValueError, match="unknown spatial pooling mode"):
+        spatial_pool(x, 2, (5, 5), "nearest")

@@ -56,7 +56,7 @@ def time_once(model: StormForConditionalGeneration, pixel, input_ids, new_tokens
     _sync(device)
     t2 = clock()
     red = model.reduce_video_tokens(feats)  # (1, T', N', D)
-    emb = model.get_inputs_embeds(input_ids, video_features=[red.flatten(0, 2)])
+    emb = model.get_inputs_embeds(input_ids, video_features=list(model.video_token_sequence(red)))
     _sync(device)
     t3 = clock()
     # Logits for the last position only, as `generate` computes them in prefill.

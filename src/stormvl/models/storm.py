@@ -1,6 +1,6 @@
 """StormForConditionalGeneration: vision tower -> pixel shuffle + projector -> temporal encoder ->
-token reduction -> causal LM. With `use_temporal_encoder=False` and an MLP projector it is the
-VILA baseline, so every comparison runs through this one code path."""
+token reduction (-> LLaVA-OneVision's newline token) -> causal LM. With `use_temporal_encoder=False`
+and an MLP projector it is the VILA baseline, so every comparison runs through this one code path."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from ..errors import InputError, ModelFolderError, StormError, first_line
 from . import lora
 from .temporal_encoder import TemporalEncoder
 from .token_reduction import reduce_tokens
-from .vision import Projector, pixel_shuffle
+from .vision import Projector, cut_vision_tower, pixel_shuffle
 
 
 class StormPreTrainedModel(PreTrainedModel):
@@ -39,6 +39,8 @@ class StormForConditionalGeneration(StormPreTrainedModel):
         if getattr(config.vision_config, "vision_use_head", False):
             config.vision_config.vision_use_head = False
         self.vision_tower = AutoModel.from_config(config.vision_config)
+        if config.vision_feature_layer is not None:
+            cut_vision_tower(self.vision_tower, config.vision_feature_layer)
         d = config.text_config.hidden_size
         self.projector = Projector(config.vision_config.hidden_size * config.downsample**2, d, config.projector_type)
         self.temporal_encoder = None
@@ -66,6 +68,10 @@ class StormForConditionalGeneration(StormPreTrainedModel):
                         nn.init.zeros_(mixer.out_proj.weight)
                         if mixer.out_proj.bias is not None:
                             nn.init.zeros_(mixer.out_proj.bias)
+        self.video_newline = None
+        if config.video_newline:
+            # LLaVA-OneVision's initialisation of its image_newline.
+            self.video_newline = nn.Parameter(torch.randn(d) / d**0.5)  # (D,)
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         self.post_init()
 
@@ -90,6 +96,8 @@ class StormForConditionalGeneration(StormPreTrainedModel):
         outs = []
         for chunk in pixel_values.split(cfg.vision_batch_size):
             hidden = self.vision_tower(pixel_values=chunk.to(dtype)).last_hidden_state  # (f, P, Dv)
+            if cfg.vision_feature_select_strategy == "default":
+                hidden = hidden[:, 1:]  # the CLS token is not a patch
             outs.append(pixel_shuffle(hidden, cfg.patch_grid, cfg.downsample))
         return self.projector(torch.cat(outs))  # (F, N, D)
 
@@ -109,7 +117,17 @@ class StormForConditionalGeneration(StormPreTrainedModel):
             temporal_pool_k=cfg.temporal_pool,
             spatial_pool_k=cfg.spatial_pool,
             temporal_sample_s=s,
+            spatial_mode=cfg.spatial_pool_mode,
         )
+
+    def video_token_sequence(self, x: torch.Tensor) -> torch.Tensor:
+        """Reduced videos (B, T', N', D) -> the LLM's visual tokens (B, V, D), V =
+        `config.tokens_per_video`: frames in order, then the newline token when the config has one."""
+        b, t, n, d = x.shape
+        x = x.reshape(b, t * n, d)
+        if self.video_newline is not None:
+            x = torch.cat([x, self.video_newline.to(x.dtype).expand(b, 1, d)], dim=1)
+        return x
 
     def get_video_features(self, pixel_values_videos, temporal_sample: int | None = None) -> list[torch.Tensor]:
         """Videos as (B, T, 3, S, S) or a list of (T_i, 3, S, S) -> one (tokens_i, D) per video:
@@ -135,8 +153,9 @@ class StormForConditionalGeneration(StormPreTrainedModel):
         for idx in by_len.values():
             x = torch.stack([tokens[i] for i in idx])  # (b, T, N, D)
             x = self.reduce_video_tokens(self.get_temporal_features(x), temporal_sample)  # (b, T', N', D)
+            x = self.video_token_sequence(x)  # (b, V, D)
             for j, i in enumerate(idx):
-                out[i] = x[j].reshape(-1, x.shape[-1])  # (T' * N', D)
+                out[i] = x[j]
         return out
 
     def get_inputs_embeds(self, input_ids, pixel_values_videos=None, temporal_sample=None, video_features=None):

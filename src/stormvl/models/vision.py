@@ -8,6 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import ConfigError
+
 
 def pixel_shuffle(tokens: torch.Tensor, grid: int, factor: int) -> torch.Tensor:
     """(F, grid*grid, C) -> (F, (g/f)^2, C*f^2): each f x f patch neighbourhood becomes one token.
@@ -24,9 +26,26 @@ def pixel_shuffle(tokens: torch.Tensor, grid: int, factor: int) -> torch.Tensor:
     return x.reshape(n, g * g, factor * factor * c)
 
 
+def cut_vision_tower(tower: nn.Module, layer: int) -> None:
+    """Make `tower`'s last_hidden_state its hidden state `layer` (transformers' numbering: 0 the
+    embeddings, -1 the last layer's output): the later layers and the final LayerNorm go, in
+    place. Removed rather than skipped, so no parameter is dead weight (unused parameters break
+    DDP) and saved folders hold only what runs. Needs a SigLIP- or CLIP-like tower."""
+    body = getattr(tower, "vision_model", tower)  # transformers 5 dropped the `vision_model` level
+    layers = getattr(getattr(body, "encoder", None), "layers", None)
+    if not isinstance(layers, nn.ModuleList) or not hasattr(body, "post_layernorm"):
+        raise ConfigError(f"vision_feature_layer needs a SigLIP- or CLIP-like vision tower, not {type(tower).__name__}")
+    states = len(layers) + 1  # the embeddings, then each layer's output
+    if not -states <= layer < states:
+        raise ConfigError(f"vision_feature_layer {layer} is out of range for a tower of {len(layers)} layers")
+    body.encoder.layers = layers[: layer % states]
+    body.post_layernorm = nn.Identity()
+
+
 class Projector(nn.Module):
     """Pixel-shuffled vision features -> LLM width. "linear" is STORM's; "mlp" is VILA's
-    (LayerNorm, Linear, GELU, Linear: its "mlp_downsample" projector after the 2x2 shuffle)."""
+    (LayerNorm, Linear, GELU, Linear: its "mlp_downsample" projector after the 2x2 shuffle);
+    "mlp2x_gelu" is LLaVA's (Linear, GELU, Linear)."""
 
     def __init__(self, in_dim: int, out_dim: int, kind: str):
         super().__init__()
@@ -36,6 +55,8 @@ class Projector(nn.Module):
             self.net = nn.Sequential(
                 nn.LayerNorm(in_dim), nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim)
             )
+        elif kind == "mlp2x_gelu":
+            self.net = nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
         else:
             raise ValueError(f"unknown projector {kind!r}")
 

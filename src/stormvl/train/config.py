@@ -17,6 +17,8 @@ from ..model_folder import check_model_folder
 from ..models.lora import LoraSettings
 from ..testing import TinySize
 
+STAGE_KINDS = ("projector", "temporal_encoder", "lora", "all")  # what a stage trains (StageConfig.train)
+
 
 @dataclass
 class DataConfig:
@@ -41,8 +43,9 @@ class ModelConfig:
 @dataclass
 class StageConfig:
     name: str = "sft"
-    # "projector": projector + temporal encoder only (alignment); "lora": those and LoRA adapters
-    # on the frozen LLM; "all": everything.
+    # "projector": projector + temporal encoder only (alignment); "temporal_encoder": the encoder
+    # only (STORM added to a trained video LLM); "lora": projector, encoder and LoRA adapters on the
+    # frozen LLM; "all": everything.
     train: str = "all"
     steps: int = 100
     lr: float = 1e-3
@@ -101,8 +104,8 @@ class TrainConfig:
         if not self.stages:
             raise ConfigError("stages: give at least one stage")
         for s in self.stages:
-            if s.train not in ("projector", "lora", "all"):
-                raise ConfigError(f"stage {s.name}: train must be 'projector', 'lora' or 'all', not {s.train!r}")
+            if s.train not in STAGE_KINDS:
+                raise ConfigError(f"stage {s.name}: train must be one of {list(STAGE_KINDS)}, not {s.train!r}")
             if s.lora is not None and s.train != "lora":
                 raise ConfigError(f"stage {s.name}: lora settings need train: lora")
             if s.lora is not None and (s.lora.r < 1 or s.lora.alpha <= 0 or not 0 <= s.lora.dropout < 1):

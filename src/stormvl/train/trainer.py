@@ -115,12 +115,15 @@ def _same_setting(now, before) -> bool:
 
 
 def set_trainable(model: StormForConditionalGeneration, what: str):
-    """'projector': the alignment stage, vision tower and LLM frozen; 'lora': that plus the LLM's
-    LoRA adapters; 'all': everything trains."""
+    """'projector': the alignment stage, vision tower and LLM frozen; 'temporal_encoder': only the
+    encoder trains; 'lora': 'projector' plus the LLM's LoRA adapters; 'all': everything trains."""
     for p in model.parameters():
         p.requires_grad_(what == "all")
-    if what in ("projector", "lora"):
-        for mod in (model.projector, model.temporal_encoder):
+    if what == "temporal_encoder" and model.temporal_encoder is None:
+        raise ConfigError("train: temporal_encoder needs a model with a temporal encoder (use_temporal_encoder)")
+    if what in ("projector", "lora", "temporal_encoder"):
+        mods = [model.temporal_encoder] if what == "temporal_encoder" else [model.projector, model.temporal_encoder]
+        for mod in mods:
             if mod is not None:
                 for p in mod.parameters():
                     p.requires_grad_(True)
