@@ -105,16 +105,29 @@ def test_mamba1_mixer_streaming_state():
     assert s.ssm.shape == (1, 32, 8) and s.conv.shape == (1, 32, 3)
 
 
+@pytest.mark.parametrize("group_size", [4, 8])  # two groups, and one (the fused kernel with its weight)
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-14), (torch.float32, 1e-6)])
-def test_gated_norm_computes_in_the_inputs_precision(dtype, tol):
+def test_gated_norm_computes_in_the_inputs_precision(dtype, tol, group_size):
     from stormvl.models.mamba import GatedRMSNorm
 
     torch.manual_seed(0)
-    norm = GatedRMSNorm(8, group_size=4).to(dtype)
+    norm = GatedRMSNorm(8, group_size=group_size).to(dtype)
     with torch.no_grad():
         norm.weight.uniform_(0.5, 1.5)
     y, z = torch.randn(3, 8, dtype=torch.float64), torch.randn(3, 8, dtype=torch.float64)
-    h = (y * z * torch.sigmoid(z)).view(3, 2, 4)  # reference in float64
-    want = (h / torch.sqrt(h.pow(2).mean(-1, keepdim=True) + norm.eps)).view(3, 8) * norm.weight.double()
+
+    def reference(y, z, w):  # float64, written out
+        h = (y * z * torch.sigmoid(z)).view(3, -1, group_size)
+        return (h / torch.sqrt(h.pow(2).mean(-1, keepdim=True) + norm.eps)).view(3, 8) * w
+
+    want = reference(y, z, norm.weight.double())
     got = norm(y.to(dtype), z.to(dtype))
     assert got.dtype == dtype and (got.double() - want).abs().max() < tol
+    if dtype == torch.float64:  # gradients too, for every input
+        yr, zr = y.clone().requires_grad_(), z.clone().requires_grad_()
+        g = torch.randn(3, 8, dtype=torch.float64)
+        (norm(yr, zr) * g).sum().backward()
+        ref = [t.clone().requires_grad_() for t in (y, z, norm.weight.detach())]
+        (reference(*ref) * g).sum().backward()
+        for a, b in zip((yr.grad, zr.grad, norm.weight.grad), (r.grad for r in ref)):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -47,8 +47,10 @@ def gated_rms_norm(y, z, weight, group_size: int, eps: float):
     """GatedRMSNorm's computation; `weight` (c,) or anything that broadcasts against y (..., c)."""
     dtype = y.dtype
     cd = torch.promote_types(dtype, torch.float32)  # at least float32 (half-precision sums drift)
-    hg = (y.to(cd) * F.silu(z.to(cd))).unflatten(-1, (-1, group_size))
-    hg = hg * torch.rsqrt((hg * hg).mean(-1, keepdim=True) + eps)
+    h = F.silu(z.to(cd)).mul_(y.to(cd))  # in place: one pass fewer over (..., c)
+    if h.shape[-1] == group_size and weight.dim() == 1:  # one group: the fused kernel applies the weight too
+        return F.rms_norm(h, (group_size,), weight.to(cd), eps).to(dtype)
+    hg = F.rms_norm(h.unflatten(-1, (-1, group_size)), (group_size,), eps=eps)
     return weight * hg.flatten(-2).to(dtype)
 
 
