@@ -147,25 +147,3 @@ def test_mamba_ssm_kernel_absent_is_none_but_a_broken_install_is_reported(monkey
     with pytest.raises(ImportError, match="libcudart"):
         ssd.mamba_ssm_kernel()
     ssd.mamba_ssm_kernel.cache_clear()
-
-
-@pytest.mark.parametrize("l", [5, 40, 600])  # 600 > one segment of 32 chunks of 16
-def test_per_sequence_parameters_equal_one_scan_per_sequence(l):
-    """A, D and dt_bias given per sequence (b, h): each row equals the reference scan of that row
-    with its own (h,) parameters, float64."""
-    b, h = 3, 4
-    x, dt, _, B, C, _ = _inputs(b, l, h, 8, 2, 16, torch.float64, seed=l)
-    gen = torch.Generator().manual_seed(1)
-    A = -torch.rand(b, h, generator=gen, dtype=torch.float64) * 3 - 0.1
-    D, bias = (
-        torch.randn(b, h, generator=gen, dtype=torch.float64),
-        torch.randn(b, h, generator=gen, dtype=torch.float64),
-    )
-    y, s = ssd_scan_chunked(x, dt, A, B, C, D, chunk_size=16, dt_bias=bias, dt_softplus=True, return_final_state=True)
-    for i in range(b):
-        one = slice(i, i + 1)
-        y_i, s_i = ssd_scan_ref(x[one], dt[one], A[i], B[one], C[one], D[i], dt_bias=bias[i], dt_softplus=True,
-                                return_final_state=True)  # fmt: skip
-        assert _rel(y[one], y_i) < 1e-10 and _rel(s[one], s_i) < 1e-10
-    with pytest.raises(ValueError, match="A"):
-        ssd_scan_chunked(x, dt, A[:2], B, C, D)

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops.selective_scan import selective_scan
-from ..ops.ssd import ssd_scan, ssd_scan_chunked
+from ..ops.ssd import ssd_scan
 
 
 @dataclass
@@ -40,18 +40,13 @@ class GatedRMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, y, z):
-        return gated_rms_norm(y, z, self.weight, self.group_size, self.eps)
-
-
-def gated_rms_norm(y, z, weight, group_size: int, eps: float):
-    """GatedRMSNorm's computation; `weight` (c,) or anything that broadcasts against y (..., c)."""
-    dtype = y.dtype
-    cd = torch.promote_types(dtype, torch.float32)  # at least float32 (half-precision sums drift)
-    h = F.silu(z.to(cd)).mul_(y.to(cd))  # in place: one pass fewer over (..., c)
-    if h.shape[-1] == group_size and weight.dim() == 1:  # one group: the fused kernel applies the weight too
-        return F.rms_norm(h, (group_size,), weight.to(cd), eps).to(dtype)
-    hg = F.rms_norm(h.unflatten(-1, (-1, group_size)), (group_size,), eps=eps)
-    return weight * hg.flatten(-2).to(dtype)
+        dtype = y.dtype
+        cd = torch.promote_types(dtype, torch.float32)  # at least float32 (half-precision sums drift)
+        h = F.silu(z.to(cd)).mul_(y.to(cd))  # in place: one pass fewer over (..., c)
+        if h.shape[-1] == self.group_size:  # one group: the fused kernel applies the weight too
+            return F.rms_norm(h, (self.group_size,), self.weight.to(cd), self.eps).to(dtype)
+        hg = F.rms_norm(h.unflatten(-1, (-1, self.group_size)), (self.group_size,), eps=self.eps)
+        return self.weight * hg.flatten(-2).to(dtype)
 
 
 def causal_depthwise_conv(
@@ -59,65 +54,20 @@ def causal_depthwise_conv(
 ) -> torch.Tensor:
     """Causal depthwise conv over time in token-major layout: x (b, l, c), weight (c, 1, k) as in
     `nn.Conv1d(c, c, k, groups=c)`, history (b, k - 1, c) = the inputs before x (zeros if None).
-    A weight (m, c, 1, k) with bias (m, c) gives each of m equal slices of the batch its own conv.
 
     Written as k shifted multiply-adds because oneDNN's grouped conv1d is 3-4x slower than this
     on CPU at STORM's lengths (thousands of tokens, ~1k channels) and needs two transposes."""
     k = weight.shape[-1]
-    w = weight[..., 0, :].to(x.dtype)  # (c, k) or (m, c, k)
+    w = weight[:, 0, :].to(x.dtype)
     if history is None:
         xp = F.pad(x, (0, 0, k - 1, 0))
     else:
         xp = torch.cat([history.to(x.dtype), x], dim=1)
-    b, l, c = x.shape
-    if w.dim() == 3:  # one conv per slice of the batch: (m, b/m, l, c) against (m, 1, 1, c) taps
-        xp = xp.reshape(w.shape[0], -1, l + k - 1, c)
-        w = w[:, None, None]
-        bias = None if bias is None else bias[:, None, None]
-    out = xp[..., 0:l, :] * w[..., 0] if bias is None else torch.addcmul(bias.to(x.dtype), xp[..., 0:l, :], w[..., 0])
+    l = x.shape[1]
+    out = xp[:, 0:l] * w[:, 0] if bias is None else torch.addcmul(bias.to(x.dtype), xp[:, 0:l], w[:, 0])
     for i in range(1, k):
-        out = torch.addcmul(out, xp[..., i : i + l, :], w[..., i])
-    return out.reshape(b, l, c)
-
-
-def mamba2_both_ways(h: torch.Tensor, fwd: Mamba2Mixer, bwd: Mamba2Mixer) -> torch.Tensor:
-    """`fwd(h) + bwd(h.flip(1)).flip(1)`, a bidirectional layer's mixing, computed with the two
-    directions as one batch: one batched matmul per projection, one conv, one scan, one norm
-    instead of two of each. On CPU the scan's many small steps and the elementwise passes cost as
-    much as the projections at STORM's lengths, and this halves their count. (b, l, d) -> (b, l, d)."""
-    b, l, d = h.shape
-    di, cdim, nh, hd = fwd.d_inner, fwd.conv_dim, fwd.num_heads, fwd.head_dim
-    g, n = fwd.n_groups, fwd.state_size
-    hh = torch.stack([h, h.flip(1)]).reshape(2, b * l, d)  # (2, b*l, d): forward, then reversed
-    w_in = torch.stack([fwd.in_proj.weight, bwd.in_proj.weight])  # (2, P, d)
-    proj = torch.bmm(hh, w_in.transpose(1, 2)).reshape(2 * b, l, -1)  # (2b, l, P)
-    z, xBC, dt = proj.split([di, cdim, nh], dim=-1)
-    w_conv = torch.stack([fwd.conv1d.weight, bwd.conv1d.weight])  # (2, c, 1, k)
-    b_conv = torch.stack([fwd.conv1d.bias, bwd.conv1d.bias])  # (2, c)
-    xBC = F.silu(causal_depthwise_conv(xBC, w_conv, b_conv))  # (2b, l, c)
-    x, B, C = xBC.split([di, g * n, g * n], dim=-1)
-    cd = torch.promote_types(h.dtype, torch.float32)
-
-    def per_sequence(a, c):  # (2, ...) parameters -> one row per sequence (2b, ...)
-        return torch.stack([a, c]).to(cd).repeat_interleave(b, dim=0)
-
-    y, _ = ssd_scan_chunked(
-        x.reshape(2 * b, l, nh, hd).to(cd),
-        dt.to(cd),
-        per_sequence(-torch.exp(fwd.A_log.to(cd)), -torch.exp(bwd.A_log.to(cd))),
-        B.reshape(2 * b, l, g, n).to(cd),
-        C.reshape(2 * b, l, g, n).to(cd),
-        per_sequence(fwd.D, bwd.D),
-        chunk_size=fwd.chunk_size,
-        dt_bias=per_sequence(fwd.dt_bias, bwd.dt_bias),
-        dt_softplus=True,
-        return_final_state=True,
-    )  # (2b, l, nh, hd)
-    w_norm = torch.stack([fwd.norm.weight, bwd.norm.weight])[:, None, None]  # (2, 1, 1, di)
-    y = gated_rms_norm(y.reshape(2, b, l, di), z.to(cd).reshape(2, b, l, di), w_norm, di // g, fwd.norm.eps)
-    w_out = torch.stack([fwd.out_proj.weight, bwd.out_proj.weight])  # (2, d, di)
-    out = torch.bmm(y.to(h.dtype).reshape(2, b * l, di), w_out.transpose(1, 2)).reshape(2, b, l, d)
-    return out[0] + out[1].flip(1)
+        out = torch.addcmul(out, xp[:, i : i + l], w[:, i])
+    return out
 
 
 def dt_bias_init(n: int, dt_min: float, dt_max: float, dt_floor: float) -> torch.Tensor:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .mamba import Mamba1Mixer, Mamba2Mixer, MambaState, mamba2_both_ways
+from .mamba import Mamba1Mixer, Mamba2Mixer, MambaState
 
 
 class TemporalEncoderLayer(nn.Module):
@@ -22,9 +22,6 @@ class TemporalEncoderLayer(nn.Module):
         self.forward_mixer = mixer_cls(d_model, **mixer_kwargs)
         self.bidirectional = bidirectional
         self.merge = merge
-        # Both Mamba-2 directions in one batched pass (`mamba2_both_ways`); off, each runs alone, the
-        # reference the fused pass is tested against. Not on CUDA, where mamba_ssm's kernel runs.
-        self.fuse_directions = version == 2 and merge == "add"
         if bidirectional:
             self.backward_mixer = mixer_cls(d_model, **mixer_kwargs)
             if merge == "concat":
@@ -38,8 +35,6 @@ class TemporalEncoderLayer(nn.Module):
                 out, state = out
                 return x + out, state
             return x + out
-        if self.fuse_directions and not h.is_cuda and self.forward_mixer.scan_impl in ("auto", "chunked"):
-            return x + mamba2_both_ways(h, self.forward_mixer, self.backward_mixer)
         fwd = self.forward_mixer(h)
         bwd = self.backward_mixer(h.flip(1)).flip(1)
         mixed = self.merge_proj(torch.cat([fwd, bwd], -1)) if self.merge == "concat" else fwd + bwd

@@ -10,9 +10,7 @@ on CPU or on many GPU setups; this module is the one place that knows the scan. 
     x (b, l, h, p), dt (b, l, h), A (h,), B (b, l, g, n), C (b, l, g, n), D (h,) -> y (b, l, h, p)
 
 with `g` groups of B/C shared by `h // g` consecutive heads, and an optional state (b, h, p, n)
-passed in and out so a stream can continue from where the last clip ended. The chunked path also
-takes per-sequence A, D and dt_bias of shape (b, h), so sequences with different parameters (the
-two directions of a bidirectional layer) share one call.
+passed in and out so a stream can continue from where the last clip ended.
 """
 
 from __future__ import annotations
@@ -29,7 +27,7 @@ SEGMENT_CHUNKS = 32  # chunks per segment for long inputs
 
 def _prepare_dt(dt, dt_bias, dt_softplus, dt_limit):
     if dt_bias is not None:
-        dt = dt + (dt_bias[:, None] if dt_bias.dim() == 2 else dt_bias)  # (h,) or per sequence (b, h)
+        dt = dt + dt_bias
     if dt_softplus:
         dt = F.softplus(dt)
     if dt_limit is not None and (dt_limit[0] > 0.0 or dt_limit[1] != float("inf")):
@@ -37,15 +35,12 @@ def _prepare_dt(dt, dt_bias, dt_softplus, dt_limit):
     return dt
 
 
-def _check(x, dt, A, B, C, per_sequence=False):
-    a_dims = (1, 2) if per_sequence else (1,)
-    if x.dim() != 4 or dt.dim() != 3 or B.dim() != 4 or C.dim() != 4 or A.dim() not in a_dims:
-        a = "A (h,) or (b,h)" if per_sequence else "A (h,)"
-        raise ValueError(f"ssd_scan expects x (b,l,h,p), dt (b,l,h), {a}, B/C (b,l,g,n)")
+def _check(x, dt, A, B, C):
+    if x.dim() != 4 or dt.dim() != 3 or B.dim() != 4 or C.dim() != 4 or A.dim() != 1:
+        raise ValueError("ssd_scan expects x (b,l,h,p), dt (b,l,h), A (h,), B/C (b,l,g,n)")
     b, l, h, _ = x.shape
     g = B.shape[2]
-    a_ok = A.shape == (h,) or A.shape == (b, h)
-    if dt.shape != (b, l, h) or not a_ok or B.shape[:2] != (b, l) or C.shape != B.shape:
+    if dt.shape != (b, l, h) or A.shape[0] != h or B.shape[:2] != (b, l) or C.shape != B.shape:
         raise ValueError(
             f"ssd_scan shape mismatch: x {tuple(x.shape)}, dt {tuple(dt.shape)}, A {tuple(A.shape)}, "
             f"B {tuple(B.shape)}, C {tuple(C.shape)}"
@@ -105,9 +100,8 @@ def ssd_scan_chunked(
     dt_limit=None,
 ):
     """Chunked SSD: within a chunk the scan is a masked (Q x Q) matrix product; across chunks
-    only a (p x n) state per head is carried. Almost all work is batched matmuls. A, D and
-    dt_bias may be (h,) or per sequence (b, h)."""
-    _check(x, dt, A, B, C, per_sequence=True)
+    only a (p x n) state per head is carried. Almost all work is batched matmuls."""
+    _check(x, dt, A, B, C)
     b, l, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
     r = h // g
@@ -151,8 +145,7 @@ def ssd_scan_chunked(
     dts = dt_p.reshape(b, c, Q, g, r).permute(0, 1, 3, 4, 2)  # b c g r Q
     Bs = B_p.reshape(b, c, Q, g, n).transpose(2, 3).unsqueeze(3)  # b c g 1 Q n
     Cs = C_p.reshape(b, c, Q, g, n).transpose(2, 3).unsqueeze(3)  # b c g 1 Q n
-    A_ = A.reshape(g, r, 1) if A.dim() == 1 else A.reshape(b, 1, g, r, 1)
-    acum = torch.cumsum(dts * A_, dim=-1)  # b c g r Q  (<= 0)
+    acum = torch.cumsum(dts * A.reshape(g, r, 1), dim=-1)  # b c g r Q  (<= 0)
     xdt = xs * dts[..., None]
 
     # 1) intra-chunk: y_i += sum_{j<=i} (C_i . B_j) exp(acum_i - acum_j) dt_j x_j
@@ -188,7 +181,7 @@ def ssd_scan_chunked(
 
     y = y.permute(0, 1, 4, 2, 3, 5).reshape(b, c * Q, h, p)[:, :l]
     if D is not None:
-        y = y + (D[:, None] if D.dim() == 1 else D[:, None, :, None]) * x
+        y = y + D[:, None] * x
     if return_final_state:
         return y, state.reshape(b, h, p, n)
     return y
