@@ -108,6 +108,11 @@ def test_when_clips_show_the_shape_from_the_answered_second(seed):
         assert not any(on[:first]) and all(on[first:])  # appears once and stays
         assert option_seconds(opts["ABCD".index(ans)]) == truth["seconds"] == first / FPS
         assert len(set(opts)) == 4 and q.startswith("At what second does the")
+        # Every option is the same fraction of a clip of another length: the frames cannot tell.
+        fractions = {
+            round(option_seconds(o) / (16 * j / FPS), 6) for o, j in zip(sorted(opts, key=option_seconds), WHEN_LENGTHS)
+        }
+        assert fractions == {round(first / len(f), 6)}
     assert len(lengths) > 1  # clip lengths vary, so frame positions alone cannot tell the second
 
 

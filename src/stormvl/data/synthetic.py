@@ -8,8 +8,9 @@ real H.264 mp4, with a 4-option question of one of five types:
   state      a shape's colour at the start or at the end (it changes colour once)
   recall     which shape was shown at the very beginning (then hidden behind later distractors)
   when       at what second a shape appears (not in the default mix: its clips last 1 to 4 times
-             the others, so the answer needs the video's length, which the frames alone do not
-             show; it measures what `prompt_timestamps` gives the model)
+             the others, and the options are the point where it appears at each of those lengths,
+             so the frames alone cannot tell them apart; it measures what `prompt_timestamps`
+             gives the model)
 Everything is drawn from `random.Random(seed)`, so a split is reproducible from its seed.
 """
 
@@ -194,9 +195,9 @@ def _when_sample(rng: random.Random, n: int):
     for t in range(onset, n * k):
         draw(f[t], shape, color, *pos)
     seconds = onset / FPS
-    # Distractors come from every clip length, so the options do not give the length away.
-    pool = sorted({e * n * j // 8 / FPS for e in WHEN_EIGHTHS for j in WHEN_LENGTHS} - {seconds})
-    opts = [_seconds(seconds)] + [_seconds(t) for t in rng.sample(pool, 3)]
+    # The options are the same point of the clip at each clip length: the frames show that point,
+    # only the video's length (or the frames' times) tells which option it is.
+    opts = [_seconds(eighth * n * j // 8 / FPS) for j in WHEN_LENGTHS]
     rng.shuffle(opts)
     q = f"At what second does the {color} {shape} appear?"
     caption = f"the {color} {shape} appears at {_seconds(seconds)}"
