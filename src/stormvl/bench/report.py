@@ -22,11 +22,13 @@ def format_table(rows) -> str:
             continue
         g, s = r["gflops"], r["seconds"]
         tail = f" {r['decode_s']:.3f} | {r['end_to_end_s']:.3f} |" if decoded else ""
+        tokens_x = f"{r['token_reduction_x']}x" if "token_reduction_x" in r else ""
+        speedup = f"{r['ttft_speedup_x']}x" if "ttft_speedup_x" in r else "(baseline not run)"
         lines.append(
-            f"| {r['frames']} | {r['setting']} | {r['llm_visual_tokens']} | {r.get('token_reduction_x', '')}x "
+            f"| {r['frames']} | {r['setting']} | {r['llm_visual_tokens']} | {tokens_x} "
             f"| {g['vision']:.0f} / {g['temporal']:.0f} / {g['llm_prefill']:.0f} | {s['vision']:.3f} "
             f"| {s['temporal']:.3f} | {s['prefill']:.3f} | {s['per_token']:.4f} | {r['ttft_s']:.3f} "
-            f"| {r.get('ttft_speedup_x', '')}x | {r['answer_s']:.3f} | {100 * r['temporal_share']:.1f}% "
+            f"| {speedup} | {r['answer_s']:.3f} | {100 * r['temporal_share']:.1f}% "
             f"| {r['peak_mem_mib']:.0f} |" + tail
         )
     return "\n".join(lines)
