@@ -124,5 +124,5 @@ def test_when_split_records_each_clips_own_duration(tmp_path):
         info = probe(tmp_path / r.video)
         assert r.duration == r.extra["truth"]["duration"] == pytest.approx(info.duration, abs=1e-6)
         assert info.num_frames == round(r.duration * 8)
-    with pytest.raises(ValueError, match="unknown synthetic task"):
+    with pytest.raises(ValueError, match="unknown task type"):
         generate_split(tmp_path / "x", 2, tasks=["sometime"])

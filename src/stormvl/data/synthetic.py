@@ -242,7 +242,7 @@ def generate_split(
         raise InputError(f"synthetic videos need at least 8 frames, got {frames}")
     bad = [t for t in tasks if t not in TASKS + EXTRA_TASKS]
     if bad:
-        raise InputError(f"unknown synthetic task(s) {bad}; choose from {TASKS + EXTRA_TASKS}")
+        raise InputError(f"unknown task type(s) {bad}; choose from {TASKS + EXTRA_TASKS}")
     out = Path(out_dir)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
