@@ -54,8 +54,12 @@ def evaluate(pipe, records, video_root, frames, method, stride, seed):
     if method in ("random-drop", "merge"):
         model.reduce_video_tokens = reduce_after_pooling(model, method, torch.Generator().manual_seed(seed))
     try:
-        kw = dict(num_frames=frames // stride, temporal_sample=1) if method == "frame-drop" else {}
-        kw = kw or dict(num_frames=frames, temporal_sample=stride)
+        # Frame dropping reads fewer frames; every other method reads them all and reduces after.
+        kw = (
+            dict(num_frames=frames // stride, temporal_sample=1)
+            if method == "frame-drop"
+            else dict(num_frames=frames, temporal_sample=stride)
+        )
         items = [(resolve_video(r, video_root), r.question, r.options) for r in records]
         t = time.perf_counter()
         answers = pipe.answer_batch(items, batch_size=16, **kw)

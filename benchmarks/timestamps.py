@@ -83,7 +83,9 @@ def main():
     train, heldout = out / "synth_train", out / "synth_heldout"
     generate_split(train, a.train_videos, frames=16, seed=2000, tasks=["when"])
     generate_split(heldout, a.eval_videos, frames=16, seed=4242, tasks=["when"])
-    records = {json.loads(x)["id"]: json.loads(x) for x in (heldout / "annotations.jsonl").read_text().splitlines()}
+    from stormvl.data.records import read_jsonl
+
+    records = {r["id"]: r for r in read_jsonl(heldout / "annotations.jsonl")}
     names = {(ts, s): f"{'with' if ts else 'without'}_s{s}" for s in a.seeds for ts in (True, False)}
     todo = []
     for (ts, s), name in names.items():
