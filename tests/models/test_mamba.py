@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stormvl.models.mamba import Mamba2Mixer, causal_depthwise_conv
+from stormvl.models.mamba import Mamba1Mixer, Mamba2Mixer, causal_depthwise_conv
 
 
 def test_mixer_matches_transformers_mamba2():
@@ -73,8 +73,6 @@ def test_mamba1_mixer_matches_transformers_mamba_mixer(dtype, tol):
     from transformers import MambaConfig
     from transformers.models.mamba.modeling_mamba import MambaMixer
 
-    from stormvl.models.mamba import Mamba1Mixer
-
     torch.manual_seed(0)
     cfg = MambaConfig(hidden_size=32, state_size=8, expand=2, conv_kernel=4, time_step_rank=4, use_bias=False,
                       use_conv_bias=True)  # fmt: skip
@@ -91,7 +89,6 @@ def test_mamba1_mixer_matches_transformers_mamba_mixer(dtype, tol):
 
 
 def test_mamba1_mixer_streaming_state():
-    from stormvl.models.mamba import Mamba1Mixer
 
     torch.manual_seed(1)
     m = Mamba1Mixer(16, state_size=8, chunk_size=8).double()
@@ -123,6 +120,9 @@ def test_gated_norm_computes_in_the_inputs_precision(dtype, tol, group_size):
     want = reference(y, z, norm.weight.double())
     got = norm(y.to(dtype), z.to(dtype))
     assert got.dtype == dtype and (got.double() - want).abs().max() < tol
+    with torch.no_grad():  # inference's own in-place path
+        got = norm(y.to(dtype), z.to(dtype))
+    assert got.dtype == dtype and (got.double() - want).abs().max() < tol
     if dtype == torch.float64:  # gradients too, for every input
         yr, zr = y.clone().requires_grad_(), z.clone().requires_grad_()
         g = torch.randn(3, 8, dtype=torch.float64)
@@ -131,3 +131,31 @@ def test_gated_norm_computes_in_the_inputs_precision(dtype, tol, group_size):
         (reference(*ref) * g).sum().backward()
         for a, b in zip((yr.grad, zr.grad, norm.weight.grad), (r.grad for r in ref)):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_long_inputs_without_gradients_run_in_segments_exactly(version, monkeypatch):
+    """Inference splits long inputs into segments carrying the state: outputs and final state
+    equal one pass with gradients (which never segments), at every segment boundary."""
+    import stormvl.models.mamba as mamba
+
+    torch.manual_seed(4)
+    kind = {1: dict(cls=Mamba1Mixer), 2: dict(cls=Mamba2Mixer, head_dim=8)}[version]
+    mixer = kind.pop("cls")(16, state_size=8, chunk_size=8, **kind).double()
+    calls = []
+    mix = mixer._mix
+    monkeypatch.setattr(mixer, "_mix", lambda h, s, r: calls.append(h.shape[1]) or mix(h, s, r))
+    monkeypatch.setattr(mamba, "SEGMENT_TOKENS", 7)
+    x = torch.randn(2, 30, 16, dtype=torch.float64)
+    start = mixer.init_state(2, dtype=torch.float64)
+    start.ssm.normal_()
+    whole, whole_state = mixer(x, state=start, return_state=True)  # gradients on: one pass
+    assert calls == [30]
+    with torch.no_grad():
+        got, got_state = mixer(x, state=start, return_state=True)
+        plain = mixer(x)
+    assert calls[1:6] == [7, 7, 7, 7, 2]
+    assert torch.allclose(got, whole, atol=1e-12) and torch.allclose(got_state.ssm, whole_state.ssm, atol=1e-12)
+    assert torch.allclose(got_state.conv, whole_state.conv, atol=1e-12)
+    assert torch.allclose(plain, mixer(x).detach(), atol=1e-12)
+    assert not torch.allclose(plain, got, atol=1e-3)  # the start state mattered

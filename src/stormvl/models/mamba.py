@@ -43,6 +43,13 @@ class GatedRMSNorm(nn.Module):
         dtype = y.dtype
         cd = torch.promote_types(dtype, torch.float32)  # at least float32 (half-precision sums drift)
         h = F.silu(z.to(cd)).mul_(y.to(cd))  # in place: one pass fewer over (..., c)
+        if not torch.is_grad_enabled():
+            # Inference: one reduction and two in-place scalings, where F.rms_norm makes four
+            # passes over (..., c) on CPU (square, mean, scale, weight).
+            hg = h.unflatten(-1, (-1, self.group_size))
+            sq = torch.linalg.vector_norm(hg, dim=-1, keepdim=True).square_()
+            hg.mul_(sq.div_(self.group_size).add_(self.eps).rsqrt_())
+            return h.mul_(self.weight.to(cd)).to(dtype)
         if h.shape[-1] == self.group_size:  # one group: the fused kernel applies the weight too
             return F.rms_norm(h, (self.group_size,), self.weight.to(cd), self.eps).to(dtype)
         hg = F.rms_norm(h.unflatten(-1, (-1, self.group_size)), (self.group_size,), eps=self.eps)
@@ -56,17 +63,17 @@ def causal_depthwise_conv(
     `nn.Conv1d(c, c, k, groups=c)`, history (b, k - 1, c) = the inputs before x (zeros if None).
 
     Written as k shifted multiply-adds because oneDNN's grouped conv1d is 3-4x slower than this
-    on CPU at STORM's lengths (thousands of tokens, ~1k channels) and needs two transposes."""
+    on CPU at STORM's lengths (thousands of tokens, ~1k channels) and needs two transposes; each
+    tap adds into a slice of the output, so the input is never padded or copied."""
+    b, l, c = x.shape
     k = weight.shape[-1]
-    w = weight[:, 0, :].to(x.dtype)
-    if history is None:
-        xp = F.pad(x, (0, 0, k - 1, 0))
-    else:
-        xp = torch.cat([history.to(x.dtype), x], dim=1)
-    l = x.shape[1]
-    out = xp[:, 0:l] * w[:, 0] if bias is None else torch.addcmul(bias.to(x.dtype), xp[:, 0:l], w[:, 0])
-    for i in range(1, k):
-        out = torch.addcmul(out, xp[:, i : i + l], w[:, i])
+    w = weight[:, 0, :].to(x.dtype)  # (c, k): tap k - 1 reads x[t], tap k - 1 - s reads x[t - s]
+    out = x * w[:, k - 1] if bias is None else torch.addcmul(bias.to(x.dtype), x, w[:, k - 1])
+    for s in range(1, k):
+        out[:, s:].addcmul_(x[:, : l - s], w[:, k - 1 - s])
+        if history is not None and l > 0:  # the first rows read the inputs before x
+            m = min(s, l)
+            out[:, :m].addcmul_(history[:, k - 1 - s : k - 1 - s + m].to(x.dtype), w[:, k - 1 - s])
     return out
 
 
@@ -86,6 +93,29 @@ def conv_history(history: torch.Tensor | None, conv_in: torch.Tensor, kernel: in
     # Only the tail is needed: concatenating the whole clip would copy it for three rows.
     tail = torch.cat([prev.to(conv_in.dtype), conv_in[:, max(0, l - k) :]], dim=1)
     return tail[:, tail.shape[1] - k :].transpose(1, 2).detach()
+
+
+SEGMENT_TOKENS = 2048
+
+
+def segmented(mix, hidden_states: torch.Tensor, state: MambaState | None, return_state: bool):
+    """Run a mixer's `mix(h, state, return_state) -> (out, state)` over a long input.
+
+    Without gradients, inputs longer than SEGMENT_TOKENS go through `mix` a segment at a time,
+    carrying the conv and SSM state, which is exact (the stream's own mechanism) and keeps every
+    intermediate (up to ~7 wide copies of each token) cache-sized: at 8k-64k tokens on CPU the
+    elementwise passes then run from cache instead of memory, 1.3-1.6x faster, and peak memory
+    stops growing with the video. Training keeps one pass, since the carried state is detached."""
+    l = hidden_states.shape[1]
+    if torch.is_grad_enabled() or l <= SEGMENT_TOKENS:
+        out, state = mix(hidden_states, state, return_state)
+        return (out, state) if return_state else out
+    outs = []
+    for s in range(0, l, SEGMENT_TOKENS):
+        out, state = mix(hidden_states[:, s : s + SEGMENT_TOKENS], state, True)
+        outs.append(out)
+    out = torch.cat(outs, dim=1)  # (b, l, d_model)
+    return (out, state) if return_state else out
 
 
 class Mamba2Mixer(nn.Module):
@@ -147,8 +177,14 @@ class Mamba2Mixer(nn.Module):
         )
 
     def forward(self, hidden_states: torch.Tensor, state: MambaState | None = None, return_state: bool = False):
+        return segmented(self._mix, hidden_states, state, return_state)
+
+    def _mix(self, hidden_states: torch.Tensor, state: MambaState | None, return_state: bool):
         b, l, _ = hidden_states.shape
-        z, xBC, dt = self.in_proj(hidden_states).split([self.d_inner, self.conv_dim, self.num_heads], dim=-1)
+        # Three products on row blocks of in_proj instead of one: a 1676-wide output runs at about
+        # half the matmul speed of 768/896-wide ones on CPU, and xBC comes out contiguous for the conv.
+        w_z, w_xBC, w_dt = self.in_proj.weight.split([self.d_inner, self.conv_dim, self.num_heads])
+        z, xBC, dt = F.linear(hidden_states, w_z), F.linear(hidden_states, w_xBC), F.linear(hidden_states, w_dt)
         history = None if state is None else state.conv.transpose(1, 2)
         conv_in = xBC  # before the conv: its last (kernel - 1) rows are the next clip's history
         xBC = F.silu(causal_depthwise_conv(xBC, self.conv1d.weight, self.conv1d.bias, history))
@@ -173,7 +209,7 @@ class Mamba2Mixer(nn.Module):
         y = self.norm(y.reshape(b, l, self.d_inner), z.to(cd))
         out = self.out_proj(y.to(hidden_states.dtype))
         if not return_state:
-            return out
+            return out, None
         return out, MambaState(conv=conv_history(history, conv_in, self.conv_kernel), ssm=ssm_state.detach())
 
 
@@ -223,6 +259,9 @@ class Mamba1Mixer(nn.Module):
         )
 
     def forward(self, hidden_states: torch.Tensor, state: MambaState | None = None, return_state: bool = False):
+        return segmented(self._mix, hidden_states, state, return_state)
+
+    def _mix(self, hidden_states: torch.Tensor, state: MambaState | None, return_state: bool):
         b, l, _ = hidden_states.shape
         x, z = self.in_proj(hidden_states).chunk(2, dim=-1)  # (b, l, d_inner) each
         history = None if state is None else state.conv.transpose(1, 2)
@@ -241,5 +280,5 @@ class Mamba1Mixer(nn.Module):
         )  # fmt: skip
         out = self.out_proj(y.transpose(1, 2).to(hidden_states.dtype))  # (b, l, d_model)
         if not return_state:
-            return out
+            return out, None
         return out, MambaState(conv=conv_history(history, conv_in, self.conv_kernel), ssm=ssm_state.detach())
