@@ -159,3 +159,23 @@ def test_long_inputs_without_gradients_run_in_segments_exactly(version, monkeypa
     assert torch.allclose(got_state.conv, whole_state.conv, atol=1e-12)
     assert torch.allclose(plain, mixer(x).detach(), atol=1e-12)
     assert not torch.allclose(plain, got, atol=1e-3)  # the start state mattered
+    # The backward direction: reversed segments added into a buffer equal one flipped pass.
+    with torch.no_grad():
+        buffer = torch.ones_like(x)
+        mixer(x, reverse=True, add_to=buffer)
+    assert torch.allclose(buffer - 1, mixer(x.flip(1)).detach().flip(1), atol=1e-12)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_bidirectional_encoder_inference_equals_training_pass(version, monkeypatch):
+    import stormvl.models.mamba as mamba
+    from stormvl.models.temporal_encoder import TemporalEncoder
+
+    torch.manual_seed(5)
+    enc = TemporalEncoder(16, 2, state_size=8, head_dim=8, chunk_size=4, version=version).double()
+    x = torch.randn(2, 5, 6, 16, dtype=torch.float64)
+    want = enc(x)  # gradients on: one pass per direction, flipped whole
+    monkeypatch.setattr(mamba, "SEGMENT_TOKENS", 7)
+    with torch.no_grad():
+        got = enc(x)
+    assert torch.allclose(got, want, atol=1e-12) and not torch.allclose(got, x, atol=1e-3)

@@ -35,8 +35,14 @@ class TemporalEncoderLayer(nn.Module):
                 out, state = out
                 return x + out, state
             return x + out
+        if self.merge == "add" and not torch.is_grad_enabled():
+            # Inference adds both directions into one buffer: no whole-video flips or sums.
+            out = x.clone()
+            self.forward_mixer(h, add_to=out)
+            self.backward_mixer(h, reverse=True, add_to=out)
+            return out
         fwd = self.forward_mixer(h)
-        bwd = self.backward_mixer(h.flip(1)).flip(1)
+        bwd = self.backward_mixer(h, reverse=True)
         mixed = self.merge_proj(torch.cat([fwd, bwd], -1)) if self.merge == "concat" else fwd + bwd
         return x + mixed
 
