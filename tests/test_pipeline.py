@@ -155,6 +155,25 @@ def test_chat_follow_up_encodes_nothing_and_equals_a_fresh_session(tmp_path, mon
     assert prompt.count("<video>") == 1 and first.text in prompt
 
 
+def test_a_prefix_cache_that_parts_from_the_prompt_is_cut_back(tmp_path):
+    """A cache shared with another conversation (the server keeps one per video) covers tokens
+    the new prompt does not have: they are dropped, and the answer equals an uncached one."""
+    import stormvl
+    from stormvl.generation import PrefixCache
+    from stormvl.pipeline import Request
+
+    pipe = stormvl.load()
+    video = pipe.encode([pipe.load_clip(_three_clips(tmp_path)[1], 16)])[0]
+    prefix = PrefixCache()
+    pipe.respond([Request(video, "What happens in the video?", history=(("Describe it.", "a square"),))],
+                 prefix=prefix)  # fmt: skip
+    covered = len(prefix.ids)
+    question = "Which direction does the red square move?"
+    got = pipe.respond([Request(video, question)], prefix=prefix)[0]
+    assert got.text == pipe.respond([Request(video, question)])[0].text
+    assert len(prefix.ids) == prefix.cache.get_seq_length() != covered
+
+
 def test_a_timestamped_model_reads_the_clips_own_times(tiny_model):
     """Same frames, other times: other scores, each equal to a forward pass over the prompt that
     names those times (float64)."""

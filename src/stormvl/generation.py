@@ -39,9 +39,9 @@ class PrefixCache:
         """Drop everything after the first n cached positions."""
         have = self.cache.get_seq_length()
         if n < have:
-            # transformers 5 crops by the tokens to remove; 4.x by the length to keep.
-            by_removal = "tokens_to_remove" in inspect.signature(self.cache.crop).parameters
-            self.cache.crop(have - n if by_removal else n)
+            # A negative count removes that many tokens from the end in every transformers release
+            # (4.x reads a positive value as the length to keep, 5.x refuses one).
+            self.cache.crop(n - have)
         self.ids = self.ids[:n]
 
 

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .config import StormConfig
@@ -231,13 +232,19 @@ class StormPipeline:
         # Frames are preprocessed and encoded a chunk at a time: float pixels never exist for a whole
         # long video, only its projected tokens do.
         step = self.config.vision_batch_size
-        tokens = []
-        for c in clips:
-            chunks = [
-                self.model.get_frame_features(self.processor.preprocess(c.frames[i : i + step]).to(self.device))
-                for i in range(0, len(c.frames), step)
-            ]  # (<= step, N, D) each
-            tokens.append(torch.cat(chunks))  # (T, N, D)
+
+        def frame_tokens(frames):  # (T, H, W, 3) uint8 -> (T, N, D)
+            return torch.cat([
+                self.model.get_frame_features(self.processor.preprocess(frames[i : i + step]).to(self.device))
+                for i in range(0, len(frames), step)
+            ])  # fmt: skip
+
+        if len(clips) > 1 and len({c.frames.shape[1:] for c in clips}) == 1:
+            # A batch of short clips goes through the vision tower together: one call, not one per clip.
+            frames = np.concatenate([c.frames for c in clips])
+            tokens = list(frame_tokens(frames).split([len(c.frames) for c in clips]))
+        else:
+            tokens = [frame_tokens(c.frames) for c in clips]
         feats = self.model.get_reduced_features(tokens, s)
         return [
             EncodedVideo(

@@ -102,3 +102,43 @@ def test_a_question_that_cannot_be_asked_fails_alone(pipe):
     (kind_good, _, text), (kind_long, (status, message), _) = asyncio.run(main())
     assert kind_good == "done" and text
     assert kind_long == "error" and status == 400 and "reads at most" in message
+
+
+def test_a_follow_up_asked_alone_computes_only_its_new_tokens(pipe):
+    """The scheduler keeps the conversation's KV cache: the follow-up's prefill covers only the
+    tokens after the first turn's prompt and reply, and its answer equals one computed afresh."""
+    from stormvl.pipeline import Request
+    from stormvl.serve.scheduler import Scheduler
+
+    lm = pipe.model.language_model
+    lengths = []
+    hook = lm.register_forward_pre_hook(lambda _m, _a, kw: lengths.append(kw["inputs_embeds"].shape[1]),
+                                        with_kwargs=True)  # fmt: skip
+    first_q, follow_q = "What happens in the video?", DIRECTION
+
+    async def ask(sched, question, history):
+        job = _job(asyncio.get_running_loop(), pipe, question)
+        job.history = history
+        sched.submit(job)
+        return await _result(job)
+
+    async def main():
+        sched = Scheduler(pipe, max_batch=8)
+        _, first, _ = await ask(sched, first_q, ())
+        lengths.clear()
+        kind, follow, streamed = await ask(sched, follow_q, ((first_q, first.text),))
+        sched.close()
+        return first, kind, follow, streamed
+
+    try:
+        first, kind, follow, streamed = asyncio.run(main())
+        prefill = lengths[0]
+    finally:
+        hook.remove()
+    assert kind == "done" and follow.text == streamed
+    video = pipe.encode([pipe.load_clip(EXAMPLE, 16)], 1)[0]
+    fresh = pipe.respond([Request(video, follow_q, None, ((first_q, first.text),), 16)])[0]
+    assert follow.text == fresh.text
+    # Only the new turn's tokens ran through the LLM, not the video's or the first turn's.
+    assert prefill < follow.prompt_tokens - video.features.shape[0] - first.prompt_tokens // 2
+    assert 0 < prefill, (prefill, follow.prompt_tokens, first.prompt_tokens)

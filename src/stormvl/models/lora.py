@@ -82,7 +82,10 @@ def base_state_dict(state: dict) -> dict:
 
 
 def save_adapter(model, folder) -> None:
-    model.language_model.save_pretrained(Path(folder) / ADAPTER_DIR)
+    # The embeddings stay out of the adapter even when the video token grew them: the folder's
+    # model.safetensors holds them, and the video token's own row is never read (video features
+    # replace it), so the adapter stays a few MB rather than a copy of the vocabulary.
+    model.language_model.save_pretrained(Path(folder) / ADAPTER_DIR, save_embedding_layers=False)
 
 
 def merge(model) -> None:

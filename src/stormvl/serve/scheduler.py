@@ -2,7 +2,9 @@
 answered as one batch (video encoding grouped by length, the LLM's prefill and decode shared).
 
 Encoded videos are kept (least recently used first out), so a follow-up question about the same
-video content runs neither the decoder nor the vision tower nor the temporal encoder again.
+video content runs neither the decoder nor the vision tower nor the temporal encoder again. The
+LLM's KV cache of the last conversation about each video is kept too (fewer of them: they are
+larger): a follow-up asked alone computes only the tokens after what the cache already covers.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from ..errors import StormError, first_line
+from ..generation import PrefixCache
 from ..pipeline import EncodedVideo, Request, StormPipeline
 from ..video import VideoClip
 
@@ -52,6 +55,7 @@ class Scheduler:
         max_batch: int = 8,
         max_queue: int = 64,
         cache_videos: int = 32,
+        cache_conversations: int = 8,
         batch_wait_s: float = 0.02,
         start=True,
     ):
@@ -62,6 +66,8 @@ class Scheduler:
         self.max_queue = max_queue
         self.cache_videos = cache_videos
         self._cache: OrderedDict[str, EncodedVideo] = OrderedDict()
+        self.cache_conversations = cache_conversations
+        self._prefixes: OrderedDict[str, PrefixCache] = OrderedDict()  # touched by the model thread only
         self._lock = threading.Lock()
         self._jobs: list[Job] = []
         self._wake = threading.Condition(self._lock)
@@ -138,6 +144,7 @@ class Scheduler:
                     self._answer(batch)
             except Exception as e:  # a bug: these requests fail with 500, logged; the worker lives on
                 log.exception("answering a batch failed")
+                self._prefixes.clear()  # a forward that failed midway may have left a cache half-extended
                 for j in batch:
                     j.emit("error", (500, f"internal error ({type(e).__name__}); see the server log"))
             finally:
@@ -161,8 +168,9 @@ class Scheduler:
         requests = [Request(videos[j.key], j.question, j.options, j.history, j.max_new_tokens) for j in ready]
         try:
             answers = self.pipe.respond(
-                requests, on_text=lambda i, piece: ready[i].emit("text", piece), cancelled=lambda i: ready[i].cancelled
-            )
+                requests, on_text=lambda i, piece: ready[i].emit("text", piece), cancelled=lambda i: ready[i].cancelled,
+                prefix=self._prefix(ready[0]) if len(ready) == 1 else None,
+            )  # fmt: skip
         except StormError:  # one request cannot be asked (too long, ...): it alone fails
             answers = [self._alone(j, r) for j, r in zip(ready, requests)]
         self.stats["batches"] += 1
@@ -173,6 +181,16 @@ class Scheduler:
                 j.emit("error", (400, first_line(a)))
             else:
                 j.emit("done", a)
+
+    def _prefix(self, job: Job) -> PrefixCache:
+        """The KV cache of the latest conversation about this job's video (a new one if none).
+        Any prompt may use it: the decoder reuses only the token ids it shares with the cache, so
+        another conversation about the same video takes over the cache from where they part."""
+        prefix = self._prefixes.pop(job.key, None) or PrefixCache()
+        self._prefixes[job.key] = prefix
+        while len(self._prefixes) > self.cache_conversations:
+            self._prefixes.popitem(last=False)
+        return prefix
 
     def _alone(self, job: Job, request: Request):
         try:
