@@ -3,10 +3,12 @@ sending a fixed number of streamed requests about distinct synthetic clips (base
 request decodes and encodes its own video), then a conversation run (first question against a
 follow-up about the same video) and a mixed run where a quarter of the requests are bad.
 
-    python benchmarks/serve_load.py [--requests 20] [--clients 1 4 16] [--out runs/serve_load]
+    python benchmarks/serve_load.py [--requests 20] [--clients 1 4 16] [--rounds 3]
+                                    [--out runs/serve_load]
 
-Reports requests per second, p50/p95/p99 latency and time to first token, errors, and the server's
-peak memory (VmHWM). Bounded: it stops by itself once every client has sent its requests.
+Reports requests per second (the median of the rounds), p50/p95/p99 latency and time to first
+token over all rounds, errors, and the server's peak memory (VmHWM). Bounded: it stops by itself
+once every client has sent its requests.
 """
 
 import argparse
@@ -176,12 +178,13 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=20, help="requests per client")
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--rounds", type=int, default=3, help="times the 1/4/16-client runs go round")
     ap.add_argument("--out", default=str(ROOT / "runs" / "serve_load"))
     a = ap.parse_args()
     import httpx
 
     out = Path(a.out)
-    total = a.requests * (sum(a.clients) + 4) + 20
+    total = a.requests * (sum(a.clients) * a.rounds + 4) + 20
     clips = make_clips(out / "clips", total)
     allowed = out / "allowed"
     allowed.mkdir(parents=True, exist_ok=True)
@@ -193,12 +196,20 @@ def main():
         # of each size for their own first runs; neither belongs to the measured rows.
         load_run(url, clips[-1:], 1, 1)
         load_run(url, clips[-9:-1], 4, 2)
-        for n in a.clients:
-            used = clips[offset : offset + n * a.requests]
-            offset += n * a.requests
-            results, wall = load_run(url, used, n, a.requests)
-            rows[f"{n} clients"] = summarize(results, wall)
-            print(f"{n} clients: {rows[f'{n} clients']}", flush=True)
+        # The client counts take turns, round after round: on a shared machine whose speed drifts
+        # by tens of percent over a minute, each count's median round is compared, not one run each.
+        rounds = {n: [] for n in a.clients}
+        for r in range(a.rounds):
+            for n in a.clients:
+                used = clips[offset : offset + n * a.requests]
+                offset += n * a.requests
+                rounds[n].append(load_run(url, used, n, a.requests))
+                print(f"round {r + 1}, {n} clients: {rounds[n][-1][1]:.1f} s", flush=True)
+        for n, runs in rounds.items():
+            row = summarize([x for results, _ in runs for x in results], sum(wall for _, wall in runs))
+            row["rps"] = statistics.median(len(results) / wall for results, wall in runs)
+            row["rps_rounds"] = [len(results) / wall for results, wall in runs]
+            rows[f"{n} clients"] = row
         used = clips[offset : offset + 4 * a.requests]
         offset += 4 * a.requests
         results, wall = load_run(url, used, 4, a.requests, bad_fraction=0.25, allowed=allowed, seed=1)
@@ -228,6 +239,11 @@ def main():
         f"- throughput at 4 clients / 1 client: {rows['4 clients']['rps'] / base['rps']:.2f}x"
         if base and "4 clients" in rows
         else "",
+        *(
+            f"- req/s per round, {name}: " + ", ".join(f"{x:.2f}" for x in r["rps_rounds"])
+            for name, r in rows.items()
+            if "rps_rounds" in r
+        ),
         *(
             f"- conversation on {n}-frame clips: first question {f:.3f} s, follow-up {u:.3f} s (medians of 10): "
             f"{100 * u / f:.0f}% of the first"
