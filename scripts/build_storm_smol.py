@@ -30,10 +30,16 @@ RUNS = ROOT / "runs"
 TASKS = ("count", "direction", "order", "recall", "state")
 
 
+def right_option(record: dict) -> str:
+    from stormvl.processing import OPTION_LETTERS
+
+    return record["options"][OPTION_LETTERS.index(record["answer"])]
+
+
 def sentence(record: dict) -> str:
     """A one-sentence answer to a synthetic question that names its answer and no other option."""
     truth = record["extra"]["truth"]
-    answer = record["options"]["ABCDEFGH".index(record["answer"])]
+    answer = right_option(record)
     kind = record["task_type"]
     if kind in ("direction", "count"):
         text = truth["caption"]
@@ -50,11 +56,12 @@ def sentence(record: dict) -> str:
 
 def write_data(out: Path) -> None:
     import stormvl
+    from stormvl.data.records import read_jsonl
 
     out.mkdir(parents=True, exist_ok=True)
     if not (out / "vision" / "config.json").exists():
         stormvl.load().model.vision_tower.save_pretrained(out / "vision")
-    records = [json.loads(line) for line in (RUNS / "synth_train" / "annotations.jsonl").open()]
+    records = read_jsonl(RUNS / "synth_train" / "annotations.jsonl")
     with (out / "sentences.jsonl").open("w") as f:
         for r in records:
             conv = [{"from": "human", "value": "<video>\n" + r["question"]}, {"from": "gpt", "value": sentence(r)}]
@@ -67,7 +74,7 @@ def names(reply: str, option: str) -> bool:
 
 
 def free_form_right(reply: str, record: dict) -> bool:
-    right = record["options"]["ABCDEFGH".index(record["answer"])]
+    right = right_option(record)
     return names(reply, right) and not any(names(reply, o) for o in record["options"] if o != right)
 
 
@@ -111,6 +118,7 @@ def main():
     ap.add_argument("--eval-videos", type=int, default=500)
     a = ap.parse_args()
     import stormvl
+    from stormvl.data.records import read_jsonl
     from stormvl.data.synthetic import generate_split
 
     if not (RUNS / "smollm2" / "config.json").exists():
@@ -124,7 +132,7 @@ def main():
     heldout = RUNS / "synth_heldout"
     if not (heldout / "annotations.jsonl").exists():
         generate_split(heldout, a.eval_videos, frames=16, seed=4242, progress=True)
-    records = [json.loads(line) for line in (heldout / "annotations.jsonl").open()][: a.eval_videos]
+    records = read_jsonl(heldout / "annotations.jsonl")[: a.eval_videos]
 
     report = {"questions": len(records)}
     smol = stormvl.load(RUNS / "storm_smol" / "final")
@@ -132,7 +140,7 @@ def main():
     report["embedded"] = evaluate_video(stormvl.load(), records, heldout)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    questions = [json.loads(line) for line in (ROOT / "scripts" / "text_questions.jsonl").open()]
+    questions = read_jsonl(ROOT / "scripts" / "text_questions.jsonl")
     tok = AutoTokenizer.from_pretrained(RUNS / "smollm2")
     base = AutoModelForCausalLM.from_pretrained(RUNS / "smollm2").eval()
     report["text_before"], before = text_only(base, tok, questions)
