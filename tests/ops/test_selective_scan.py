@@ -1,3 +1,5 @@
+import functools
+
 import pytest
 import torch
 
@@ -19,11 +21,14 @@ def _inputs(b=2, d=8, n=4, l=50, g=1, dtype=torch.float64, seed=0):
 @pytest.mark.parametrize("l", [1, 5, 63, 64, 65, 300])
 @pytest.mark.parametrize("g", [1, 2])
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
-def test_chunked_matches_reference(l, g, dtype, tol):
+@pytest.mark.parametrize("doubling", [False, True])
+def test_chunked_matches_reference(l, g, dtype, tol, doubling):
     kw = _inputs(l=l, g=g, dtype=dtype)
     h0 = torch.randn(2, 8, 4, dtype=dtype)
     want, want_h = selective_scan_ref(**kw, return_last_state=True, initial_state=h0)
-    got, got_h = selective_scan_chunked(**kw, return_last_state=True, initial_state=h0, chunk_size=64)
+    got, got_h = selective_scan_chunked(
+        **kw, return_last_state=True, initial_state=h0, chunk_size=64, doubling=doubling
+    )
     scale = want.abs().max()
     assert (want - got).abs().max() <= tol * scale and (want_h - got_h).abs().max() <= tol * want_h.abs().max()
 
@@ -54,7 +59,8 @@ def test_state_threading_equals_whole_scan(impl):
     assert torch.allclose(torch.cat([a, b], -1), whole, atol=1e-12) and torch.allclose(h2, h_whole, atol=1e-12)
 
 
-def test_gradcheck_chunked():
+@pytest.mark.parametrize("doubling", [False, True])
+def test_gradcheck_chunked(doubling):
     kw = _inputs(b=1, d=4, n=3, l=11)
     names = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
     tensors = [kw[k].clone().requires_grad_() for k in names]
@@ -62,7 +68,7 @@ def test_gradcheck_chunked():
 
     def f(*ts):
         return selective_scan_chunked(**dict(zip(names, ts[:-1])), delta_softplus=True, initial_state=ts[-1],
-                                      chunk_size=4)  # fmt: skip
+                                      chunk_size=4, doubling=doubling)  # fmt: skip
 
     assert torch.autograd.gradcheck(f, (*tensors, h0))
 
@@ -71,21 +77,24 @@ def test_gradients_match_reference():
     kw = _inputs(l=37)
     names = ["u", "delta", "A", "B", "C"]
     grads = []
-    for fn in (selective_scan_ref, selective_scan_chunked):
+    doubled = functools.partial(selective_scan_chunked, doubling=True, chunk_size=16)
+    for fn in (selective_scan_ref, selective_scan_chunked, doubled):
         ts = {k: kw[k].clone().requires_grad_() for k in names}
         fn(**{**kw, **ts}).pow(2).sum().backward()
         grads.append([ts[k].grad for k in names])
-    for a, b in zip(*grads):
-        assert torch.allclose(a, b, atol=1e-10)
+    for got in grads[1:]:
+        for a, b in zip(grads[0], got):
+            assert torch.allclose(a, b, atol=1e-10)
 
 
 @pytest.mark.slow
 def test_100k_tokens_in_float32_stay_finite_and_match():
     kw = _inputs(b=1, d=4, n=4, l=100_000, dtype=torch.float32, seed=3)
     want = selective_scan_ref(**kw)
-    got = selective_scan_chunked(**kw)
-    assert torch.isfinite(got).all()
-    assert (want - got).abs().max() <= 1e-4 * want.abs().max()
+    for doubling in (False, True):
+        got = selective_scan_chunked(**kw, doubling=doubling)
+        assert torch.isfinite(got).all()
+        assert (want - got).abs().max() <= 1e-4 * want.abs().max()
 
 
 def test_bad_shapes_and_impl():

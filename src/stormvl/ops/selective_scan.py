@@ -85,40 +85,74 @@ def selective_scan_ref(
     return (y, h) if return_last_state else y
 
 
+def _scan_steps(a, x):
+    """h_t = a_t * h_{t-1} + x_t along dim 0 from h_{-1} = 0, one position per step: T launches,
+    the least arithmetic (the CPU path)."""
+    h = torch.empty_like(x)  # (T, ...)
+    prev = None
+    for t in range(x.shape[0]):
+        prev = x[t].clone() if prev is None else torch.addcmul(x[t], a[t], prev, out=h[t])
+        h[t] = prev
+    return h
+
+
+def _scan_doubling(a, x):
+    """The same recurrence as `_scan_steps` in ceil(log2 T) rounds (Hillis-Steele): after the round
+    with offset k, position t holds the sum over its last 2k inputs with their decays. About log2 T
+    times the arithmetic, but a few dozen launches instead of T, which is what a GPU running this
+    tiny model waits on. Only products of decays in (0, 1] are formed, so nothing can overflow."""
+    x, a = x.clone(), a.clone()
+    xn, an = torch.empty_like(x), torch.empty_like(a)  # (T, ...): the next round's values
+    k, n = 1, x.shape[0]
+    while k < n:
+        xn[:k] = x[:k]
+        torch.addcmul(x[k:], a[k:], x[:-k], out=xn[k:])
+        x, xn = xn, x
+        if 2 * k < n:  # the last round needs no decay products
+            an[:k] = a[:k]
+            torch.mul(a[k:], a[:-k], out=an[k:])
+            a, an = an, a
+        k *= 2
+    return x
+
+
 class _Recurrence(torch.autograd.Function):
     """h_t = a_t * h_{t-1} + x_t along the first dimension: a, x (T, ...), h0 (...) -> h (T, ...).
-    One fused multiply-add per step forward, the mirrored reverse scan backward."""
+    Forward is the scan; backward is the same scan run in reverse on the gradients (no per-step
+    autograd graph). `doubling` picks `_scan_doubling` (the GPU path) over `_scan_steps`."""
 
     @staticmethod
-    def forward(ctx, a, x, h0):
-        h = torch.empty_like(x)  # (T, ...)
-        prev = h0
-        for t in range(x.shape[0]):
-            prev = torch.addcmul(x[t], a[t], prev, out=h[t])
+    def forward(ctx, a, x, h0, doubling):
+        scan = _scan_doubling if doubling else _scan_steps
+        x0 = x.clone()
+        x0[0] += a[0] * h0  # the initial state enters through the first input
+        h = scan(a, x0)
         ctx.save_for_backward(a, h, h0)
+        ctx.scan = scan
         return h
 
     @staticmethod
     def backward(ctx, grad_h):
         a, h, h0 = ctx.saved_tensors
-        # g_t = dL/dh_t including what flows back from later steps: g_t = grad_h_t + a_{t+1} g_{t+1}
-        g = torch.empty_like(grad_h)  # (T, ...)
-        nxt = None
-        for t in range(grad_h.shape[0] - 1, -1, -1):
-            nxt = grad_h[t].clone() if nxt is None else torch.addcmul(grad_h[t], a[t + 1], nxt, out=g[t])
-            g[t] = nxt
+        # g_t = dL/dh_t including what flows back from later steps: g_t = grad_h_t + a_{t+1} g_{t+1},
+        # the forward recurrence on the reversed sequence with decays shifted by one.
+        a_next = torch.cat([a[1:], torch.zeros_like(a[:1])]).flip(0)
+        g = ctx.scan(a_next, grad_h.flip(0)).flip(0)  # (T, ...)
         prev = torch.cat([h0[None], h[:-1]])  # (T, ...): h_{t-1}
-        return g * prev, g, a[0] * g[0]
+        return g * prev, g, a[0] * g[0], None
 
 
 def selective_scan_chunked(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False,
-    initial_state=None, chunk_size=256,
+    initial_state=None, chunk_size=256, doubling=None,
 ):  # fmt: skip
     """The same scan, `chunk_size` positions at a time (module docstring): the same arithmetic as
     the reference, so it matches it to rounding over any length, with gradients. Computes in at
     least float32 and returns u's dtype. (Under autograd each chunk keeps its decays and states
-    for the backward pass, so training memory grows with the length; inference memory does not.)"""
+    for the backward pass, so training memory grows with the length; inference memory does not.)
+    `doubling` (default: on CUDA) runs each chunk's recurrence in log2(chunk) rounds, not one step
+    per position: more arithmetic, far fewer kernel launches."""
+    doubling = u.is_cuda if doubling is None else doubling
     out_dtype = u.dtype
     # The state accumulates in at least float32 (and in A's precision): bf16 sums drift.
     cd = torch.promote_types(torch.promote_types(u.dtype, A.dtype), torch.float32)
@@ -139,7 +173,7 @@ def selective_scan_chunked(
         Bc = B[..., c0:c1].permute(3, 0, 1, 2).contiguous()  # (T, b, g, n)
         x = (dtu[..., None] * Bc[:, :, :, None, :]).flatten(2, 3)  # (T, b, d, n)
         # 2. the recurrence
-        hs = _Recurrence.apply(a, x, h)  # (T, b, d, n)
+        hs = _Recurrence.apply(a, x, h, doubling)  # (T, b, d, n)
         # 3. read out with C, carry the last state into the next chunk
         hs_g = hs.unflatten(2, (g, d // g))  # (T, b, g, d/g, n)
         ys.append(torch.einsum("tbgen,bgnt->bget", hs_g, C[..., c0:c1]).flatten(1, 2))  # (b, d, T)
