@@ -53,27 +53,24 @@ LABELS = {
 }
 
 
-def run(cmd):
-    print("+", " ".join(map(str, cmd)), flush=True)
-    subprocess.run([str(c) for c in cmd], check=True)
-
-
-def train_all(configs, jobs):
-    """Trainings side by side, the cores split between them; a finished one makes room for the
-    next at once (a resumed run continues from its checkpoint)."""
+def run_all(commands, jobs):
+    """(command, log file) pairs, `jobs` at a time, the cores split between them; a finished one
+    makes room for the next at once. Each one's output goes to its log file."""
     threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    todo, running = list(configs), []
+    todo, running = list(commands), []
     while todo or running:
         while todo and len(running) < jobs:
-            cfg_path = todo.pop(0)
-            print("+ stormvl train", cfg_path, flush=True)
-            running.append(subprocess.Popen([sys.executable, "-m", "stormvl.cli", "train", str(cfg_path)], env=env))
-        time.sleep(5)
-        for p in [p for p in running if p.poll() is not None]:
+            cmd, log = todo.pop(0)
+            print("+", " ".join(map(str, cmd)), ">", log, flush=True)
+            Path(log).parent.mkdir(parents=True, exist_ok=True)
+            with open(log, "ab") as f:
+                running.append((subprocess.Popen([str(c) for c in cmd], env=env, stdout=f, stderr=f), log))
+        time.sleep(2)
+        for p, log in [r for r in running if r[0].poll() is not None]:
             if p.returncode != 0:
-                sys.exit("a training run failed")
-            running.remove(p)
+                sys.exit(f"failed (exit {p.returncode}); see {log}")
+            running.remove((p, log))
 
 
 def losses(run_dir: Path):
@@ -117,7 +114,7 @@ def main():
     ap.add_argument("--eval-videos", type=int, default=500)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", default=str(ROOT / "runs" / "ablation"))
-    ap.add_argument("--jobs", type=int, default=2, help="trainings run at once")
+    ap.add_argument("--jobs", type=int, default=2, help="trainings (and evaluations) run at once")
     ap.add_argument("--only", nargs="+", help=f"rows to run (default: {' '.join(DEFAULT_ROWS)}), e.g. --only b b1")
     ap.add_argument("--steps", type=int, nargs=2, help="caption and QA stage steps (default: the recipe's)")
     ap.add_argument("--curves", default=str(ROOT / "docs" / "ablation_curves.png"))
@@ -130,11 +127,12 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     train_split = ROOT / "runs" / "synth_train"
     heldout = ROOT / "runs" / "synth_heldout"
-    generate_split(train_split, a.train_videos, frames=frames, seed=1000)
-    generate_split(heldout, a.eval_videos, frames=frames, seed=4242)
+    workers = os.cpu_count() or 1
+    generate_split(train_split, a.train_videos, frames=frames, seed=1000, workers=workers)
+    generate_split(heldout, a.eval_videos, frames=frames, seed=4242, workers=workers)
     # (d) needs twice the frames of the same kind of clip: the held-out questions rendered at 2x frames.
     heldout2 = ROOT / "runs" / f"synth_heldout_{2 * frames}f"
-    generate_split(heldout2, a.eval_videos, frames=2 * frames, seed=4242)
+    generate_split(heldout2, a.eval_videos, frames=2 * frames, seed=4242, workers=workers)
     evals = {  # row: (trained variant, frames decoded, test-time temporal sampling, split)
         "a": ("a", frames, 1, heldout),
         "b": ("b", frames, 1, heldout),
@@ -168,20 +166,28 @@ def main():
             (out / f"{name}_s{seed}.yaml").write_text(yaml.safe_dump(cfg))
             run_dirs[name, seed] = Path(cfg["output_dir"])
             if not (run_dirs[name, seed] / "final" / "config.json").is_file():
-                todo.append(out / f"{name}_s{seed}.yaml")
-    train_all(todo, a.jobs)
-    results = {}
+                cmd = [sys.executable, "-m", "stormvl.cli", "train", out / f"{name}_s{seed}.yaml"]
+                todo.append((cmd, out / f"{name}_s{seed}.log"))
+    run_all(todo, a.jobs)
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # where the trainer ran too
+    todo = []
     for seed in a.seeds:
         for key in rows:
             model, n, sample, split = evals[key]
             eo = out / f"eval_{key}_s{seed}"
             if not (eo / "summary.json").is_file():
-                run(
-                    [sys.executable, "-m", "stormvl.cli", "eval", "--benchmark", "synthetic", "--annotations",
-                     split / "annotations.jsonl", "--model", run_dirs[model, seed] / "final", "--frames", n,
-                     "--temporal-sample", sample, "--out", eo, "--no-progress"]
-                )  # fmt: skip
-            results[key, seed] = json.loads((eo / "summary.json").read_text())
+                cmd = [sys.executable, "-m", "stormvl.cli", "eval", "--benchmark", "synthetic", "--annotations",
+                       split / "annotations.jsonl", "--model", run_dirs[model, seed] / "final", "--frames", n,
+                       "--temporal-sample", sample, "--out", eo, "--no-progress", "--device", device]  # fmt: skip
+                todo.append((cmd, out / f"eval_{key}_s{seed}.log"))
+    run_all(todo, a.jobs)
+    results = {
+        (key, seed): json.loads((out / f"eval_{key}_s{seed}" / "summary.json").read_text())
+        for seed in a.seeds
+        for key in rows
+    }
     tasks = sorted(results[rows[0], a.seeds[0]]["per_task"])
     lines = [
         "| setting | " + " | ".join(tasks) + " | overall | LLM visual tokens | s / answer | final train loss |",

@@ -294,6 +294,7 @@ EVAL = [
     ("zero stride", [*SPLIT, "--temporal-sample", "0"], "--temporal-sample"),
     ("zero limit", [*SPLIT, "--limit", "0"], "--limit"),
     ("model missing", [*SPLIT, "--model", "{w}/x"], "model folder not found"),
+    ("no such device", [*SPLIT, "--device", "cuda:7"], "device cuda:7"),
     ("nothing evaluable", ["--benchmark", "synthetic", "--annotations", "{w}/missing_video.jsonl"], "nothing could"),
 ]  # fmt: skip
 

@@ -440,9 +440,9 @@ def cmd_synth(a):
     from .data.synthetic import TASKS, generate_split
 
     tasks = a.tasks.split(",") if a.tasks else TASKS
-    _check_counts(a, num=(1, None), frames=(8, 4096))
+    _check_counts(a, num=(1, None), frames=(8, 4096), workers=(1, 256))
     _writable_dir(a.out)
-    recs = generate_split(a.out, a.num, a.frames, a.seed, tasks=tasks, progress=True)
+    recs = generate_split(a.out, a.num, a.frames, a.seed, tasks=tasks, progress=True, workers=a.workers)
     print(f"wrote {len(recs)} samples to {a.out}/annotations.jsonl", file=sys.stderr)
 
 
@@ -484,7 +484,10 @@ def cmd_eval(a):
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("gloo")
-    pipe = load(a.model)
+    device = a.device
+    if device == "cuda" and world > 1:  # one GPU per process, as torchrun numbers them
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    pipe = load(a.model, device=device)
     c = pipe.config
     frames = a.frames if a.frames is not None else c.num_frames
     if a.max_visual_tokens is not None:
@@ -710,6 +713,7 @@ def build_parser():
     s.add_argument(
         "--tasks", help="comma-separated task types (default: direction,order,count,state,recall; also: when)"
     )
+    s.add_argument("--workers", type=int, default=1, help="processes encoding the videos")
     s.set_defaults(fn=cmd_synth)
 
     s = sub.add_parser("train", help="train STORM from a YAML/JSON config")
@@ -727,6 +731,7 @@ def build_parser():
     s.add_argument("--max-visual-tokens", type=int, help="visual-token budget: picks frames and sampling to fit")
     s.add_argument("--limit", type=int, help="first N questions only")
     s.add_argument("--out", required=True)
+    s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(fn=cmd_eval)
 

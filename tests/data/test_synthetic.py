@@ -65,6 +65,15 @@ def test_split_is_deterministic_and_balanced(tmp_path):
         generate_split(tmp_path / "c", 2, frames=4)
 
 
+def test_worker_processes_write_the_same_split(tmp_path):
+    one = generate_split(tmp_path / "one", 7, frames=8, seed=5)
+    two = generate_split(tmp_path / "two", 7, frames=8, seed=5, workers=2)
+    assert one == two
+    for r in one:
+        assert (tmp_path / "one" / r.video).read_bytes() == (tmp_path / "two" / r.video).read_bytes()
+    assert (tmp_path / "one" / "captions.jsonl").read_text() == (tmp_path / "two" / "captions.jsonl").read_text()
+
+
 def test_captions_describe_the_ground_truth(tmp_path):
     records = generate_split(tmp_path, 10, frames=16, seed=11, write_videos=False)
     rows = [json.loads(x) for x in open(tmp_path / "captions.jsonl")]

@@ -230,12 +230,22 @@ def vocabulary() -> list[str]:
 
 
 def generate_split(
-    out_dir, num: int, frames: int = 16, seed: int = 0, tasks=TASKS, write_videos: bool = True, progress: bool = False
+    out_dir,
+    num: int,
+    frames: int = 16,
+    seed: int = 0,
+    tasks=TASKS,
+    write_videos: bool = True,
+    progress: bool = False,
+    workers: int = 1,
 ) -> list[MCRecord]:
     """Write `num` samples into `out_dir`: videos/*.mp4, annotations.jsonl (multiple-choice
     records) and captions.jsonl (LLaVA-style "describe the video" conversations, the perception
     data of the alignment stage). Tasks cycle so every type gets an equal share. Existing complete
-    videos are kept (reruns resume)."""
+    videos are kept (reruns resume). With `workers` > 1, that many processes encode the videos
+    (most of the time); the clips are drawn here, in order, so the split is the same."""
+    from concurrent.futures import ProcessPoolExecutor
+
     from ..video import write_video
 
     if frames < 8:
@@ -253,6 +263,8 @@ def generate_split(
         from tqdm import tqdm
 
         it = tqdm(it, desc="synth", unit="video")
+    pool = ProcessPoolExecutor(workers) if workers > 1 and write_videos else None
+    pending = []  # encodings in flight, bounded so drawn frames do not pile up in memory
     for i in it:
         task = tasks[i % len(tasks)]
         f, q, opts, ans, truth = make_sample(rng, task, frames)
@@ -262,7 +274,12 @@ def generate_split(
         # the same folder never reuses a clip that does not match its question.
         path = out / "videos" / f"{vid}_{tag}.mp4"
         if write_videos and not path.exists():
-            write_video(path, f, fps=FPS)
+            if pool is None:
+                write_video(path, f, fps=FPS)
+            else:
+                pending.append(pool.submit(write_video, path, f, fps=FPS))
+                if len(pending) >= 8 * workers:
+                    pending.pop(0).result()
         records.append(
             MCRecord(
                 id=vid,
@@ -275,6 +292,10 @@ def generate_split(
                 extra={"truth": truth, "seed": seed},
             )
         )
+    if pool is not None:
+        for job in pending:
+            job.result()
+        pool.shutdown()
     write_jsonl(out / "annotations.jsonl", records)
     write_jsonl(
         out / "captions.jsonl",

@@ -363,6 +363,16 @@ class Trainer:
                 opt.step()
                 sched.step()
                 global_step += 1
+                last = step == stage.steps - 1
+                logged = step % cfg.log_every == 0 or last
+                saving = global_step % cfg.save_every == 0 or last or (stop_after and global_step >= stop_after)
+                if bar is not None:
+                    bar.update(1)
+                if not (logged or saving):
+                    # No host sync between logged steps: on a GPU the Python loop queues the next
+                    # steps while this one runs. Divergence is caught at the next check, which
+                    # comes before anything is saved.
+                    continue
                 lv = loss.detach()
                 if self.world > 1:
                     dist.all_reduce(lv)
@@ -373,9 +383,8 @@ class Trainer:
                         "learning rate, or check the data and the model folder); nothing was saved from this step"
                     )
                 if bar is not None:
-                    bar.update(1)
                     bar.set_postfix(loss=f"{lv.item():.4f}", lr=f"{sched.get_last_lr()[0]:.2e}")
-                if log and (step % cfg.log_every == 0 or step == stage.steps - 1):
+                if log and logged:
                     log.write(
                         json.dumps(
                             {
@@ -390,8 +399,7 @@ class Trainer:
                         + "\n"
                     )
                     log.flush()
-                last = step == stage.steps - 1
-                if global_step % cfg.save_every == 0 or last or (stop_after and global_step >= stop_after):
+                if saving:
                     self.save(wrapped, opt, sched, si, step + 1, global_step)
                 if stop_after and global_step >= stop_after:
                     if bar is not None:
