@@ -198,3 +198,22 @@ def test_a_timestamped_model_reads_the_clips_own_times(tiny_model):
         torch.testing.assert_close(scores.double(), ref, rtol=1e-9, atol=1e-9)
         got.append(scores)
     assert not torch.allclose(got[0], got[1])
+
+
+def test_a_bicubic_tower_gets_frames_resized_as_its_processor_would(tiny_model, tmp_path):
+    # The decoder scales frames to the tower's size. A bicubic tower (SigLIP's processor) must get
+    # the processor's own resize of each RGB frame, not FFmpeg's area scaling of the YUV frame.
+    from stormvl.pipeline import StormPipeline
+    from stormvl.processing import resize_frames
+    from stormvl.video import load_video, write_video
+
+    rng = np.random.default_rng(1)
+    path = write_video(tmp_path / "noise.mp4", rng.integers(0, 255, (6, 96, 160, 3), dtype=np.uint8), fps=6)
+    full = load_video(path, 6).frames  # (6, 96, 160, 3)
+    for resample, exact in (("bicubic", True), ("bilinear", False)):
+        model, proc = tiny_model(resample=resample)
+        side = model.config.vision_config.image_size
+        got = StormPipeline(model, proc).load_clip(path, 6).frames
+        assert got.shape == (6, side, side, 3)
+        assert np.array_equal(got, resize_frames(full, side, "bicubic")) == exact
+        assert np.array_equal(got, load_video(path, 6, size=side).frames) != exact  # bilinear: FFmpeg's area path

@@ -112,6 +112,39 @@ def test_size_scales_frames_while_decoding(counter_video):
             load_video(path, 4, size=bad)
 
 
+def _textured_video(tmp_path):
+    """640x360 frames with a fine texture (what a sloppy resize aliases) and a sharp-edged square."""
+    yy, xx = np.mgrid[0:360, 0:640]
+    rng = np.random.default_rng(0)
+    frames = []
+    for t in range(4):
+        img = np.stack([xx * 255 // 640, yy * 255 // 360, (xx + yy + 20 * t) % 256], -1).astype(np.float64)
+        img += 40 * (np.sin(xx / 3.0 + t) * np.cos(yy / 5.0))[..., None]
+        img[100:200, 200:300] = (255, 0, 0)
+        frames.append(np.clip(img + rng.normal(0, 10, img.shape), 0, 255).astype(np.uint8))
+    return write_video(tmp_path / "texture.mp4", np.stack(frames), fps=4)
+
+
+@pytest.mark.parametrize("side", [64, 224])
+def test_bicubic_size_resizes_like_pil(tmp_path, side):
+    # SigLIP's processor resizes the RGB frame with PIL's bicubic filter (antialiased when it
+    # shrinks). resample="bicubic" must give those pixels; the fast area path scales the YUV frame
+    # in FFmpeg and lands measurably further away.
+    from PIL import Image
+
+    path = _textured_video(tmp_path)
+    full = load_video(path, 4).frames  # (4, 360, 640, 3)
+    pil = np.stack([np.asarray(Image.fromarray(f).resize((side, side), Image.BICUBIC)) for f in full]).astype(float)
+    exact = load_video(path, 4, size=side, resample="bicubic").frames
+    assert exact.shape == (4, side, side, 3) and exact.dtype == np.uint8
+    err = np.abs(exact.astype(float) - pil)
+    assert err.mean() < 0.5 and np.quantile(err, 0.999) <= 3
+    area = np.abs(load_video(path, 4, size=side).frames.astype(float) - pil).mean()
+    assert area > 1.5  # the test would notice the fast path standing in for the exact one
+    with pytest.raises(ValueError, match="resample must be one of"):
+        load_video(path, 4, size=side, resample="nearest")
+
+
 def test_size_never_holds_full_resolution_frames(tmp_path):
     # 64 frames of 1080p: as one (64, 1080, 1920, 3) uint8 array that is 398 MB. tracemalloc sees
     # numpy's allocations (the measurement without `size` below proves it in this setup), not

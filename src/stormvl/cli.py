@@ -133,8 +133,9 @@ def _answer_live(a, pipe, options):
     if a.max_visual_tokens is not None or a.frames is not None:
         raise InputError("--live reads frames as they come (--fps); --frames and --max-visual-tokens do not apply")
     session = pipe.stream(a.temporal_sample)
-    size = pipe.config.vision_config.image_size
-    fed, wall, lag = play(session, iter_frames(a.video, a.fps, size=size), realtime=not a.fast)
+    c = pipe.config
+    frames = iter_frames(a.video, a.fps, size=c.vision_config.image_size, resample=c.decode_resample)
+    fed, wall, lag = play(session, frames, realtime=not a.fast)
     ans = session.ask(a.question, options)
     print(
         f"live: {fed} frames in {wall:.1f} s ({fed / wall:.1f} frames/s; fell behind real time by at most "

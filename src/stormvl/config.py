@@ -268,6 +268,13 @@ class StormConfig(PretrainedConfig):
         g = -(-self.patch_grid // self.downsample)
         return (g, g)
 
+    @property
+    def decode_resample(self) -> str:
+        """How the decoder scales frames to the tower's input (`video.FrameSize`): a bicubic tower
+        (SigLIP's processor) gets frames resized exactly as its processor does; the others get
+        FFmpeg's area averaging while decoding, which the models trained here were trained on."""
+        return "bicubic" if self.resample == "bicubic" else "area"
+
     def tokens_per_video(self, num_frames: int | None = None, temporal_sample: int | None = None) -> int:
         """Visual tokens the LLM reads for one video, the newline token included. The processor
         asks this to size the prompt; the model's reducer produces exactly this many, and the model

@@ -220,7 +220,9 @@ class StormPipeline:
         vision tower's input size: memory per frame is set by the model, not by the video."""
         n = self.config.num_frames if num_frames is None else num_frames
         size = self.config.vision_config.image_size
-        return load_video(video, n, fps=fps, max_frames=n, progress=progress, size=size)
+        return load_video(
+            video, n, fps=fps, max_frames=n, progress=progress, size=size, resample=self.config.decode_resample
+        )
 
     @torch.inference_mode()
     def encode(self, clips: list[VideoClip], temporal_sample: int | None = None) -> list[EncodedVideo]:

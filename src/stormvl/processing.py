@@ -74,6 +74,22 @@ def parse_letter(text: str, num_options: int = 4) -> str | None:
     return m.group(1).upper() if m else None
 
 
+def _resize(x: torch.Tensor, side: int, resample: str) -> torch.Tensor:
+    """(T, 3, H, W) float in [0, 1] -> (T, 3, side, side), antialiased as image processors resize."""
+    x = F.interpolate(x, size=(side, side), mode=resample, antialias=True, align_corners=False)
+    if resample == "bicubic":  # overshoots; image processors resize uint8 pixels, which clip to [0, 255]
+        x = x.clamp_(0.0, 1.0)
+    return x
+
+
+def resize_frames(frames: np.ndarray, side: int, resample: str) -> np.ndarray:
+    """uint8 RGB (T, H, W, 3) -> uint8 (T, side, side, 3), resized as `preprocess_frames` would
+    (the decoder's exact path, `video.FrameSize`)."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div_(255.0)  # (T, 3, H, W)
+    y = _resize(x, side, resample).mul_(255.0).round_().to(torch.uint8)  # (T, 3, side, side)
+    return y.permute(0, 2, 3, 1).contiguous().numpy()
+
+
 def preprocess_frames(frames, image_size: int, mean, std, resample: str = "bilinear") -> torch.Tensor:
     """uint8 RGB (T, H, W, 3) -> float (T, 3, S, S), resized with antialiasing and normalised."""
     if isinstance(frames, np.ndarray):
@@ -82,9 +98,7 @@ def preprocess_frames(frames, image_size: int, mean, std, resample: str = "bilin
         raise InputError(f"expected frames (T, H, W, 3), got {tuple(frames.shape)}")
     x = frames.permute(0, 3, 1, 2).float().div_(255.0)  # (T, 3, H, W)
     if x.shape[-2:] != (image_size, image_size):
-        x = F.interpolate(x, size=(image_size, image_size), mode=resample, antialias=True, align_corners=False)
-        if resample == "bicubic":  # overshoots; image processors resize uint8 pixels, which clip to [0, 255]
-            x = x.clamp_(0.0, 1.0)
+        x = _resize(x, image_size, resample)
     mean = torch.tensor(mean, dtype=x.dtype).view(1, 3, 1, 1)
     std = torch.tensor(std, dtype=x.dtype).view(1, 3, 1, 1)
     return (x - mean) / std

@@ -155,3 +155,14 @@ def test_mamba1_model_round_trip_and_identity_start(tiny_model, tmp_path):
     batch = proc([FRAMES], [proc.prompt_text("what happens ?")])
     with torch.no_grad():
         assert torch.equal(model(**batch).logits, loaded(**batch).logits)
+
+
+def test_siglip_pooling_head_is_never_built(tiny_tokenizer):
+    # Older transformers build SigLIP's pooling head when the config does not mention it; a folder
+    # saved that way would not load in newer versions, and the head is never used.
+    cfg = tiny_config(tiny_tokenizer, TinySize())
+    assert cfg.vision_config.model_type == "siglip_vision_model"
+    cfg.vision_config.vision_use_head = True
+    model = StormForConditionalGeneration(cfg)
+    assert not [n for n, _ in model.named_parameters() if n.startswith("vision_tower.head.")]
+    assert model.config.vision_config.vision_use_head is False

@@ -139,7 +139,7 @@ def run_bench(
         t_decode = None
         if video is not None:
             t = time.perf_counter()
-            clip = load_video(video, T, size=cfg0.vision_config.image_size)
+            clip = load_video(video, T, size=cfg0.vision_config.image_size, resample=cfg0.decode_resample)
             t_decode = time.perf_counter() - t
             pixel = preprocess_frames(clip.frames, cfg0.vision_config.image_size, cfg0.image_mean, cfg0.image_std)
         else:

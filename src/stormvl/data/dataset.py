@@ -120,10 +120,17 @@ class VideoQADataset(Dataset):
     large ones set `cache=False`). Datasets over the same videos (a caption set and a QA set) can
     share one `cache` dict. Undecodable videos are dropped with a warning."""
 
-    def __init__(self, samples: list[Sample], num_frames: int, cache: bool | dict = True, size: int | None = None):
+    def __init__(
+        self,
+        samples: list[Sample],
+        num_frames: int,
+        cache: bool | dict = True,
+        size: int | None = None,
+        resample: str = "area",
+    ):
         self.samples = samples
         self.num_frames = num_frames
-        self.size = size  # frames scaled to the vision tower's input in the decoder
+        self.size, self.resample = size, resample  # frames scaled to the vision tower's input in the decoder
         self.cache = cache if isinstance(cache, dict) else ({} if cache else None)
 
     def __len__(self):
@@ -131,14 +138,14 @@ class VideoQADataset(Dataset):
 
     def frames(self, i) -> tuple[np.ndarray, tuple[float, list[float]]]:
         """Sample i's frames (T, H, W, 3) and their times: (video duration, frame timestamps)."""
-        key = (self.samples[i].video, self.num_frames, self.size)
+        key = (self.samples[i].video, self.num_frames, self.size, self.resample)
         if self.cache is not None and key in self.cache:
             return self.cache[key]
         s = self.samples[i]
         if s.image:
-            out = load_image(s.video, size=self.size), (0.0, [0.0])  # (1, H, W, 3)
+            out = load_image(s.video, size=self.size, resample=self.resample), (0.0, [0.0])  # (1, H, W, 3)
         else:
-            clip = load_video(s.video, self.num_frames, size=self.size)
+            clip = load_video(s.video, self.num_frames, size=self.size, resample=self.resample)
             out = clip.frames, (clip.duration, [round(float(t), 3) for t in clip.timestamps])
         if self.cache is not None:
             self.cache[key] = out

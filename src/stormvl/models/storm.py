@@ -35,8 +35,9 @@ class StormForConditionalGeneration(StormPreTrainedModel):
     def __init__(self, config: StormConfig):
         super().__init__(config)
         # Only patch tokens are used; SigLIP's pooling head would be dead weight (and unused
-        # parameters break DDP).
-        if getattr(config.vision_config, "vision_use_head", False):
+        # parameters break DDP). Set even when absent: older transformers build the head unless
+        # the config says otherwise, and the saved folder would then not load in newer ones.
+        if config.vision_config.model_type == "siglip_vision_model":
             config.vision_config.vision_use_head = False
         self.vision_tower = AutoModel.from_config(config.vision_config)
         if config.vision_feature_layer is not None:

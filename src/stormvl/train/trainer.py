@@ -210,8 +210,11 @@ class Trainer:
     def dataset(self, stage, frames: int) -> VideoQADataset:
         key = (self._files(stage), frames)
         if key not in self.datasets:
-            size = self.model.config.vision_config.image_size
-            self.datasets[key] = VideoQADataset(self.samples_for(stage), frames, cache=self._frame_cache, size=size)
+            c = self.model.config
+            self.datasets[key] = VideoQADataset(
+                self.samples_for(stage), frames, cache=self._frame_cache, size=c.vision_config.image_size,
+                resample=c.decode_resample,
+            )  # fmt: skip
         return self.datasets[key]
 
     def batch_indices(self, stage_idx: int, step: int) -> list[tuple[int, bool]]:
