@@ -265,37 +265,39 @@ def generate_split(
         it = tqdm(it, desc="synth", unit="video")
     pool = ProcessPoolExecutor(workers) if workers > 1 and write_videos else None
     pending = []  # encodings in flight, bounded so drawn frames do not pile up in memory
-    for i in it:
-        task = tasks[i % len(tasks)]
-        f, q, opts, ans, truth = make_sample(rng, task, frames)
-        vid = f"s{seed}_{i:06d}"
-        # The file name holds everything the clip depends on (the seed, its position, and the frame
-        # count and task list that shape the random stream), so a rerun with other settings into
-        # the same folder never reuses a clip that does not match its question.
-        path = out / "videos" / f"{vid}_{tag}.mp4"
-        if write_videos and not path.exists():
-            if pool is None:
-                write_video(path, f, fps=FPS)
-            else:
-                pending.append(pool.submit(write_video, path, f, fps=FPS))
-                if len(pending) >= 8 * workers:
-                    pending.pop(0).result()
-        records.append(
-            MCRecord(
-                id=vid,
-                video=f"videos/{path.name}",
-                question=q,
-                options=opts,
-                answer=ans,
-                task_type=task,
-                duration=len(f) / FPS,
-                extra={"truth": truth, "seed": seed},
+    try:
+        for i in it:
+            task = tasks[i % len(tasks)]
+            f, q, opts, ans, truth = make_sample(rng, task, frames)
+            vid = f"s{seed}_{i:06d}"
+            # The file name holds everything the clip depends on (the seed, its position, and the frame
+            # count and task list that shape the random stream), so a rerun with other settings into
+            # the same folder never reuses a clip that does not match its question.
+            path = out / "videos" / f"{vid}_{tag}.mp4"
+            if write_videos and not path.exists():
+                if pool is None:
+                    write_video(path, f, fps=FPS)
+                else:
+                    pending.append(pool.submit(write_video, path, f, fps=FPS))
+                    if len(pending) >= 8 * workers:
+                        pending.pop(0).result()
+            records.append(
+                MCRecord(
+                    id=vid,
+                    video=f"videos/{path.name}",
+                    question=q,
+                    options=opts,
+                    answer=ans,
+                    task_type=task,
+                    duration=len(f) / FPS,
+                    extra={"truth": truth, "seed": seed},
+                )
             )
-        )
-    if pool is not None:
         for job in pending:
             job.result()
-        pool.shutdown()
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     write_jsonl(out / "annotations.jsonl", records)
     write_jsonl(
         out / "captions.jsonl",
