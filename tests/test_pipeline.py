@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 FRAMES = np.random.default_rng(0).integers(0, 255, (8, 40, 40, 3), dtype=np.uint8)
@@ -53,6 +54,38 @@ def test_greedy_decode_equals_transformers_generate_alone_and_batched(tiny_model
     cut = greedy_decode(lm, embeds, 6, stop_ids={stop}, cancelled=lambda row: row == 2)
     assert cut[0] == alone[0][: alone[0].index(stop)]
     assert cut[2] == []
+
+
+def test_decode_steps_run_on_one_thread_and_prefill_on_all(tiny_model):
+    # Token steps are too small to gain from a second thread and stall when a core is busy
+    # elsewhere (generation.one_thread); the prompt's pass keeps every thread, and the caller's
+    # thread count is back afterwards, also when a step raises.
+    from stormvl.generation import PrefixCache, greedy_decode
+
+    model, _ = tiny_model()
+    lm = model.language_model
+    seen = []
+    hook = lm.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        embeds = [lm.get_input_embeddings()(torch.randint(5, 40, (n,))) for n in (7, 3)]
+        greedy_decode(lm, embeds, 4, stop_ids=set())
+        assert seen == [2, 1, 1, 1]
+        seen.clear()
+        ids = torch.randint(5, 40, (6,))
+        greedy_decode(lm, [lm.get_input_embeddings()(ids)], 3, set(), prefix=PrefixCache(), prompt_ids=ids.tolist())
+        assert seen == [2, 1, 1] and torch.get_num_threads() == 2
+
+        def boom(row, tokens):
+            raise RuntimeError("a client callback failed")
+
+        with pytest.raises(RuntimeError, match="callback"):
+            greedy_decode(lm, embeds, 4, stop_ids=set(), on_token=boom)
+        assert torch.get_num_threads() == 2
+    finally:
+        hook.remove()
+        torch.set_num_threads(before)
 
 
 def test_text_stream_pieces_join_to_the_final_text():

@@ -8,6 +8,7 @@ questions needs both, so this loop is written out here; it is the one decoding p
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from collections.abc import Callable
@@ -43,6 +44,26 @@ class PrefixCache:
             # (4.x reads a positive value as the length to keep, 5.x refuses one).
             self.cache.crop(n - have)
         self.ids = self.ids[:n]
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Decode steps (one token per row) run with one intra-op thread in the calling thread. A step's
+    ops are too small to gain from a second thread: measured alike on an idle 2-core machine (tiny
+    model 2.2-2.6 ms a step either way, SmolLM2-135M 92-99 ms). But a parallel region waits for
+    every thread it started, and when the other cores are busy (a server's event loop, decoders
+    and clients; another job) one descheduled thread stalls it: with two threads the steps took
+    7.4-8.5 ms and 762-770 ms, with one 2.8-4.7 ms and 137-145 ms. Prefill and the vision side keep
+    every thread. (OpenMP keeps a thread count per thread: threads already running keep theirs.)"""
+    n = torch.get_num_threads()
+    if n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 @torch.inference_mode()
@@ -90,31 +111,32 @@ def greedy_decode(
     tokens: list[list[int]] = [[] for _ in range(n)]
     done = [limit <= 0 for limit in limits]
     embed = lm.get_input_embeddings()
-    while not all(done):
-        nxt = logits.argmax(-1)  # (B,)
-        for i, t in enumerate(nxt.tolist()):
-            if done[i]:
-                continue
-            if cancelled is not None and cancelled(i):
-                done[i] = True
-            elif t in stop_ids:
-                done[i] = True
-            else:
-                tokens[i].append(t)
-                done[i] = len(tokens[i]) >= limits[i]
-                if on_token is not None:
-                    on_token(i, tokens[i])
-        if all(done):
-            break
-        # Finished rows keep riding along (their tokens are ignored): dropping them from the KV
-        # cache would cost more than the few extra rows on the batch's last steps.
-        mask = torch.cat([mask, mask.new_ones(n, 1)], 1) if padded else None
-        out = lm(
-            inputs_embeds=embed(nxt[:, None]), attention_mask=mask, position_ids=next_pos, use_cache=True,
-            **{cache_arg: cache},
-        )  # fmt: skip
-        cache, logits = out[cache_arg], out.logits[:, -1]
-        next_pos = next_pos + 1
+    with one_thread():  # the token loop: see one_thread
+        while not all(done):
+            nxt = logits.argmax(-1)  # (B,)
+            for i, t in enumerate(nxt.tolist()):
+                if done[i]:
+                    continue
+                if cancelled is not None and cancelled(i):
+                    done[i] = True
+                elif t in stop_ids:
+                    done[i] = True
+                else:
+                    tokens[i].append(t)
+                    done[i] = len(tokens[i]) >= limits[i]
+                    if on_token is not None:
+                        on_token(i, tokens[i])
+            if all(done):
+                break
+            # Finished rows keep riding along (their tokens are ignored): dropping them from the KV
+            # cache would cost more than the few extra rows on the batch's last steps.
+            mask = torch.cat([mask, mask.new_ones(n, 1)], 1) if padded else None
+            out = lm(
+                inputs_embeds=embed(nxt[:, None]), attention_mask=mask, position_ids=next_pos, use_cache=True,
+                **{cache_arg: cache},
+            )  # fmt: skip
+            cache, logits = out[cache_arg], out.logits[:, -1]
+            next_pos = next_pos + 1
     return tokens
 
 
@@ -150,20 +172,21 @@ def _decode_with_prefix(lm, emb, ids, prefix, limit, stop_ids, on_token, cancell
     logits = out.logits[:, -1]
     embed = lm.get_input_embeddings()
     tokens: list[int] = []
-    while len(tokens) < limit and not (cancelled is not None and cancelled(0)):
-        t = int(logits.argmax(-1))
-        if t in stop_ids:
-            break
-        tokens.append(t)
-        if on_token is not None:
-            on_token(0, tokens)
-        if len(tokens) >= limit:
-            break
-        pos = torch.tensor([[len(prefix.ids)]], device=emb.device)
-        out = lm(inputs_embeds=embed(torch.tensor([[t]], device=emb.device)), position_ids=pos, use_cache=True,
-                 **{cache_arg: prefix.cache})  # fmt: skip
-        prefix.cache, logits = out[cache_arg], out.logits[:, -1]
-        prefix.ids.append(t)
+    with one_thread():  # the token loop: see one_thread
+        while len(tokens) < limit and not (cancelled is not None and cancelled(0)):
+            t = int(logits.argmax(-1))
+            if t in stop_ids:
+                break
+            tokens.append(t)
+            if on_token is not None:
+                on_token(0, tokens)
+            if len(tokens) >= limit:
+                break
+            pos = torch.tensor([[len(prefix.ids)]], device=emb.device)
+            out = lm(inputs_embeds=embed(torch.tensor([[t]], device=emb.device)), position_ids=pos, use_cache=True,
+                     **{cache_arg: prefix.cache})  # fmt: skip
+            prefix.cache, logits = out[cache_arg], out.logits[:, -1]
+            prefix.ids.append(t)
     return tokens
 
 
