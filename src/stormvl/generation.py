@@ -46,9 +46,6 @@ class PrefixCache:
         self.ids = self.ids[:n]
 
 
-SMALL_PASS = 32  # LLM passes over at most this many new positions run on one thread too
-
-
 @contextlib.contextmanager
 def one_thread():
     """Decode steps (one token per row) run with one intra-op thread in the calling thread. A step's
@@ -56,9 +53,8 @@ def one_thread():
     model 2.2-2.6 ms a step either way, SmolLM2-135M 92-99 ms). But a parallel region waits for
     every thread it started, and when the other cores are busy (a server's event loop, decoders
     and clients; another job) one descheduled thread stalls it: with two threads the steps took
-    7.4-8.5 ms and 762-770 ms, with one 2.8-4.7 ms and 137-145 ms. Prompts longer than SMALL_PASS
-    and the vision side keep every thread. (OpenMP keeps a thread count per thread: threads already
-    running keep theirs.)"""
+    7.4-8.5 ms and 762-770 ms, with one 2.8-4.7 ms and 137-145 ms. Prefill and the vision side keep
+    every thread. (OpenMP keeps a thread count per thread: threads already running keep theirs.)"""
     n = torch.get_num_threads()
     if n == 1:
         yield
@@ -171,9 +167,7 @@ def _decode_with_prefix(lm, emb, ids, prefix, limit, stop_ids, on_token, cancell
         prefix.ids = []
     pos = torch.arange(common, len(ids), device=emb.device)[None]  # (1, L - common)
     kw = {cache_arg: prefix.cache} if prefix.cache is not None else {}
-    # A follow-up's new turn is a few tokens: as small as decode steps, and run the same way.
-    with one_thread() if len(ids) - common <= SMALL_PASS else contextlib.nullcontext():
-        out = lm(inputs_embeds=emb[None, common:], position_ids=pos, use_cache=True, **last_only, **kw)
+    out = lm(inputs_embeds=emb[None, common:], position_ids=pos, use_cache=True, **last_only, **kw)
     prefix.cache, prefix.ids = out[cache_arg], list(ids)
     logits = out.logits[:, -1]
     embed = lm.get_input_embeddings()
