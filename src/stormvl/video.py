@@ -66,7 +66,7 @@ class FrameSize(NamedTuple):
     resample: str = "area"
 
 
-def frame_size(path, size: int | None, resample: str) -> FrameSize | None:
+def _frame_size(path, size: int | None, resample: str) -> FrameSize | None:
     if size is None:
         return None
     check_count(os.fspath(path), "size", size, high=MAX_SIZE)
@@ -160,7 +160,7 @@ def load_image(path, *, size: int | None = None, resample: str = "area") -> np.n
     image-text alignment stage."""
     import av
 
-    size = frame_size(path, size, resample)
+    size = _frame_size(path, size, resample)
     path, container = _open(path, image_ok=True)
     with container:
         try:
@@ -240,7 +240,7 @@ def load_video(
     says (`FrameSize`). Damaged or cut-off files give warnings naming the file (module docstring:
     fallback policy)."""
     check_request(os.fspath(path), num_frames, fps, max_frames)
-    size = frame_size(path, size, resample)
+    size = _frame_size(path, size, resample)
     request = {"num_frames": num_frames, "fps": fps, "max_frames": max_frames}
     path, container = _open(path)
     with container:
@@ -556,7 +556,7 @@ def iter_frames(path, fps: float, *, size: int | None = None, resample: str = "a
 
     if not (fps > 0 and math.isfinite(fps)):
         raise VideoError(f"{path}: fps must be a positive number, got {fps!r}")
-    size = frame_size(path, size, resample)
+    size = _frame_size(path, size, resample)
     path, container = _open(path)
     with container:
         stream = container.streams.video[0]

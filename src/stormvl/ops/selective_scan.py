@@ -85,14 +85,16 @@ def selective_scan_ref(
     return (y, h) if return_last_state else y
 
 
-def _scan_steps(a, x):
-    """h_t = a_t * h_{t-1} + x_t along dim 0 from h_{-1} = 0, one position per step: T launches,
-    the least arithmetic (the CPU path)."""
+def _scan_steps(a, x, h0=None):
+    """h_t = a_t * h_{t-1} + x_t along dim 0 from h_{-1} = h0 (or 0), one position per step: T
+    launches, the least arithmetic (the CPU path)."""
     h = torch.empty_like(x)  # (T, ...)
-    prev = None
-    for t in range(x.shape[0]):
-        prev = x[t].clone() if prev is None else torch.addcmul(x[t], a[t], prev, out=h[t])
-        h[t] = prev
+    if h0 is None:
+        h[0] = x[0]
+    else:
+        torch.addcmul(x[0], a[0], h0, out=h[0])
+    for t in range(1, x.shape[0]):
+        torch.addcmul(x[t], a[t], h[t - 1], out=h[t])
     return h
 
 
@@ -101,19 +103,20 @@ def _scan_doubling(a, x):
     with offset k, position t holds the sum over its last 2k inputs with their decays. About log2 T
     times the arithmetic, but a few dozen launches instead of T, which is what a GPU running this
     tiny model waits on. Only products of decays in (0, 1] are formed, so nothing can overflow."""
-    x, a = x.clone(), a.clone()
-    xn, an = torch.empty_like(x), torch.empty_like(a)  # (T, ...): the next round's values
-    k, n = 1, x.shape[0]
+    # Two fresh buffers per sequence take turns as each round's output; the inputs are only read.
+    xb, ab = (torch.empty_like(x), torch.empty_like(x)), (torch.empty_like(a), torch.empty_like(a))  # (T, ...)
+    k, n, r = 1, x.shape[0], 0
     while k < n:
+        xn = xb[r % 2]
         xn[:k] = x[:k]
         torch.addcmul(x[k:], a[k:], x[:-k], out=xn[k:])
-        x, xn = xn, x
         if 2 * k < n:  # the last round needs no decay products
+            an = ab[r % 2]
             an[:k] = a[:k]
             torch.mul(a[k:], a[:-k], out=an[k:])
-            a, an = an, a
-        k *= 2
-    return x
+            a = an
+        x, k, r = xn, 2 * k, r + 1
+    return x.clone() if r == 0 else x
 
 
 class _Recurrence(torch.autograd.Function):
@@ -124,9 +127,12 @@ class _Recurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, x, h0, doubling):
         scan = _scan_doubling if doubling else _scan_steps
-        x0 = x.clone()
-        x0[0] += a[0] * h0  # the initial state enters through the first input
-        h = scan(a, x0)
+        if doubling:
+            x0 = x.clone()
+            x0[0] += a[0] * h0  # the initial state enters through the first input
+            h = scan(a, x0)
+        else:
+            h = scan(a, x, h0)
         ctx.save_for_backward(a, h, h0)
         ctx.scan = scan
         return h
