@@ -17,15 +17,53 @@ def _rel(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
+@pytest.fixture(params=["factored", "stable"])
+def path(request, monkeypatch):
+    """Runs a test on each inference path of the chunked scan: the factored one (the default
+    without gradients) and the stable one (training's, and the fallback for wide decays)."""
+    from stormvl.ops import ssd
+
+    if request.param == "stable":
+        monkeypatch.setattr(ssd, "FACTORED_RANGE", {})
+    else:  # the stable path must not be reached
+        monkeypatch.setattr(ssd, "_segment_stable", None)
+    return request.param
+
+
 @pytest.mark.parametrize("l", [1, 5, 16, 33, 64, 100, 257])
+@pytest.mark.parametrize("g", [1, 2])
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
-def test_chunked_matches_reference(l, dtype, tol):
-    x, dt, A, B, C, D = _inputs(2, l, 4, 8, 2, 16, dtype, seed=l)
+def test_chunked_matches_reference(l, g, dtype, tol, path):
+    x, dt, A, B, C, D = _inputs(2, l, 4, 8, g, 16, dtype, seed=l)
+    s0 = torch.randn(2, 4, 8, 16, dtype=dtype, generator=torch.Generator().manual_seed(l))
+    for init in (None, s0):
+        y_ref, s_ref = ssd_scan_ref(x, dt, A, B, C, D, initial_state=init, return_final_state=True)
+        y, s = ssd_scan_chunked(x, dt, A, B, C, D, chunk_size=16, initial_state=init, return_final_state=True)
+        assert y.shape == (2, l, 4, 8) and s.shape == (2, 4, 8, 16)
+        assert _rel(y, y_ref) < tol
+        assert _rel(s, s_ref) < tol
+
+
+@pytest.mark.parametrize("g", [1, 2])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+def test_heads_with_wide_decay_take_the_stable_path_and_the_rest_stay_factored(g, dtype, tol, monkeypatch):
+    from stormvl.ops import ssd
+
+    x, dt, A, B, C, D = _inputs(2, 150, 4, 8, g, 16, dtype, seed=21)
+    # Heads 1 and 3 decay by far more than FACTORED_RANGE within a 32-step chunk (> 3000 nats at
+    # dt >= 0.3 * softplus(-4)), heads 0 and 2 by far less.
+    A = torch.tensor([-0.2, -30000.0, -0.5, -20000.0], dtype=dtype)
     y_ref, s_ref = ssd_scan_ref(x, dt, A, B, C, D, return_final_state=True)
-    y, s = ssd_scan_chunked(x, dt, A, B, C, D, chunk_size=16, return_final_state=True)
-    assert y.shape == (2, l, 4, 8) and s.shape == (2, 4, 8, 16)
-    assert _rel(y, y_ref) < tol
-    assert _rel(s, s_ref) < tol
+    heads = []
+    stable = ssd._segment_stable
+    monkeypatch.setattr(ssd, "_segment_stable", lambda x, *a: heads.append(x.shape[2]) or stable(x, *a))
+    y, s = ssd_scan_chunked(x, dt, A, B, C, D, chunk_size=32, return_final_state=True)
+    assert heads == [2]  # one stable call, for the two wide heads only
+    assert torch.isfinite(y).all() and _rel(y, y_ref) < tol and _rel(s, s_ref) < tol
+    # Without the range check, the factored path overflows on those heads: the check is needed.
+    monkeypatch.setattr(ssd, "FACTORED_RANGE", {dtype: float("inf")})
+    y_unchecked = ssd_scan_chunked(x, dt, A, B, C, D, chunk_size=32)
+    assert not torch.isfinite(y_unchecked[:, :, 1::2]).all() and torch.isfinite(y_unchecked[:, :, ::2]).all()
 
 
 def test_reference_is_the_recurrence():
