@@ -1,7 +1,8 @@
 """Time the two scans of the temporal encoder against their sequential references and
 transformers' pure-PyTorch paths, and report GFLOP/s beside a plain matmul measured in the same run:
 
-- Mamba-2 (SSD): stormvl's chunked scan vs transformers' Mamba2 chunk scan;
+- Mamba-2 (SSD): stormvl's chunked scan (its factored inference path, and the stable path that
+  training and wide decays take) vs transformers' Mamba2 chunk scan;
 - Mamba-1 (S6): stormvl's chunked scan vs transformers' MambaMixer selective-scan fallback, at the
   same channel count (heads x head dim) with Mamba-1's usual state size.
 
@@ -14,6 +15,7 @@ import time
 
 import torch
 
+from stormvl.ops import ssd
 from stormvl.ops.selective_scan import selective_scan_chunked, selective_scan_ref
 from stormvl.ops.ssd import ssd_chunked_flops, ssd_scan_chunked, ssd_scan_ref
 
@@ -52,10 +54,10 @@ def main():
     mm = 2 * n**3 / timeit(lambda: m1 @ m2, 10) / 1e9
     print(f"threads={torch.get_num_threads()}  float32 matmul {n}x{n}: {mm:.1f} GFLOP/s")
     print(
-        "| length | chunked (ms) | reference (ms) | transformers (ms) | ref/chunked | hf/chunked "
-        "| chunked GFLOP/s | % of matmul |"
+        "| length | chunked (ms) | stable path (ms) | reference (ms) | transformers (ms) | stable/chunked "
+        "| ref/chunked | hf/chunked | chunked GFLOP/s | % of matmul |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     h, p, s = a.heads, a.head_dim, a.state
     with torch.no_grad():
         for L in a.lengths:
@@ -65,6 +67,9 @@ def main():
             B, C = torch.randn(1, L, 1, s), torch.randn(1, L, 1, s)
             D = torch.randn(h)
             t_c = timeit(lambda: ssd_scan_chunked(x, dt, A, B, C, D, chunk_size=a.chunk), a.repeats)
+            factored, ssd.FACTORED_RANGE = ssd.FACTORED_RANGE, {}  # no dtype factors: the stable path
+            t_s = timeit(lambda: ssd_scan_chunked(x, dt, A, B, C, D, chunk_size=a.chunk), a.repeats)
+            ssd.FACTORED_RANGE = factored
             t_r = timeit(lambda: ssd_scan_ref(x, dt, A, B, C, D), 1) if L <= a.ref_max_length else float("nan")
             t_h = (
                 timeit(lambda: mamba2_chunk_scan(x, dt, A, B, C, chunk_size=a.chunk, D=D), a.repeats)
@@ -73,8 +78,8 @@ def main():
             )
             gf = ssd_chunked_flops(1, L, h, p, s, 1, a.chunk) / t_c / 1e9
             print(
-                f"| {L} | {t_c * 1e3:.1f} | {t_r * 1e3:.1f} | {t_h * 1e3:.1f} | {t_r / t_c:.1f}x | {t_h / t_c:.2f}x "
-                f"| {gf:.1f} | {100 * gf / mm:.0f}% |",
+                f"| {L} | {t_c * 1e3:.1f} | {t_s * 1e3:.1f} | {t_r * 1e3:.1f} | {t_h * 1e3:.1f} | {t_s / t_c:.2f}x "
+                f"| {t_r / t_c:.1f}x | {t_h / t_c:.2f}x | {gf:.1f} | {100 * gf / mm:.0f}% |",
                 flush=True,
             )
 

@@ -100,11 +100,10 @@ def ssd_scan_chunked(
     dt_limit=None,
 ):
     """Chunked SSD: within a chunk the scan is a masked (Q x Q) matrix product; across chunks
-    only a (p x n) state per head is carried. Almost all work is batched matmuls."""
+    only a (p x n) state per head is carried. Almost all work is batched matmuls. Without
+    gradients it takes the factored form where that is exact (see `_segment`)."""
     _check(x, dt, A, B, C)
-    b, l, h, p = x.shape
-    g, n = B.shape[2], B.shape[3]
-    r = h // g
+    l = x.shape[1]
     dt = _prepare_dt(dt, dt_bias, dt_softplus, dt_limit)
     Q = max(1, min(int(chunk_size), l)) if l > 0 else 1
     seg_len = SEGMENT_CHUNKS * Q
@@ -114,17 +113,7 @@ def ssd_scan_chunked(
         ys, state = [], initial_state
         for s in range(0, l, seg_len):
             e = min(l, s + seg_len)
-            y_s, state = ssd_scan_chunked(
-                x[:, s:e],
-                dt[:, s:e],
-                A,
-                B[:, s:e],
-                C[:, s:e],
-                D,
-                chunk_size=Q,
-                initial_state=state,
-                return_final_state=True,
-            )
+            y_s, state = _segment(x[:, s:e], dt[:, s:e], A, B[:, s:e], C[:, s:e], D, Q, state, True)
             ys.append(y_s)
         y = torch.cat(ys, dim=1)
         return (y, state) if return_final_state else y
