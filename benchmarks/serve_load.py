@@ -199,16 +199,22 @@ def main():
         # The client counts take turns, round after round: on a shared machine whose speed drifts
         # by tens of percent over a minute, each count's median round is compared, not one run each.
         rounds = {n: [] for n in a.clients}
+        batched = {n: [0, 0] for n in a.clients}  # questions answered, batches they went in
         for r in range(a.rounds):
             for n in a.clients:
                 used = clips[offset : offset + n * a.requests]
                 offset += n * a.requests
+                before = httpx.get(url + "/health", timeout=10).json()
                 rounds[n].append(load_run(url, used, n, a.requests))
+                after = httpx.get(url + "/health", timeout=10).json()
+                batched[n][0] += after["answered"] - before["answered"]
+                batched[n][1] += after["batches"] - before["batches"]
                 print(f"round {r + 1}, {n} clients: {rounds[n][-1][1]:.1f} s", flush=True)
         for n, runs in rounds.items():
             row = summarize([x for results, _ in runs for x in results], sum(wall for _, wall in runs))
             row["rps"] = statistics.median(len(results) / wall for results, wall in runs)
             row["rps_rounds"] = [len(results) / wall for results, wall in runs]
+            row["mean_batch"] = batched[n][0] / max(1, batched[n][1])
             rows[f"{n} clients"] = row
         used = clips[offset : offset + 4 * a.requests]
         offset += 4 * a.requests
@@ -240,7 +246,9 @@ def main():
         if base and "4 clients" in rows
         else "",
         *(
-            f"- req/s per round, {name}: " + ", ".join(f"{x:.2f}" for x in r["rps_rounds"])
+            f"- req/s per round, {name}: "
+            + ", ".join(f"{x:.2f}" for x in r["rps_rounds"])
+            + f"; {r['mean_batch']:.2f} questions per batch"
             for name, r in rows.items()
             if "rps_rounds" in r
         ),
