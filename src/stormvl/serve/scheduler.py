@@ -1,5 +1,8 @@
-"""One worker thread owns the model; requests queue for it, and those waiting together are
-answered as one batch (video encoding grouped by length, the LLM's prefill and decode shared).
+"""Two worker threads own the model, one stage each: the encoder thread runs the vision tower and
+the temporal encoder, the LLM thread the prefill and decoding. Requests queue for the encoder;
+those waiting together are encoded as one batch (grouped by length) and then answered as one
+batch (the LLM's prefill and decode shared). The stages overlap: while the LLM decodes one batch,
+a step at a time on one core, the next batch's videos are encoded on the other.
 
 Encoded videos are kept (least recently used first out), so a follow-up question about the same
 video content runs neither the decoder nor the vision tower nor the temporal encoder again. The
@@ -10,6 +13,7 @@ larger): a follow-up asked alone computes only the tokens after what the cache a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -17,7 +21,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from ..errors import StormError, first_line
-from ..generation import PrefixCache
+from ..generation import PrefixCache, one_thread
 from ..pipeline import EncodedVideo, Request, StormPipeline
 from ..video import VideoClip
 
@@ -69,17 +73,23 @@ class Scheduler:
         self.cache_conversations = cache_conversations
         self._prefixes: OrderedDict[str, PrefixCache] = OrderedDict()  # touched by the model thread only
         self._lock = threading.Lock()
-        self._jobs: list[Job] = []
+        self._jobs: list[Job] = []  # admitted, waiting for the encoder
+        self._ready: list[Job] = []  # encoded, waiting for the LLM
         self._wake = threading.Condition(self._lock)
         self._slots = 0  # admitted and not yet finished or abandoned
         self._stop = False
+        self._llm_busy = False
         self.stats = {"videos_encoded": 0, "batches": 0, "answered": 0, "largest_batch": 0}
-        self._thread = threading.Thread(target=self._run, name="stormvl-model", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._encode_loop, name="stormvl-encoder", daemon=True),
+            threading.Thread(target=self._llm_loop, name="stormvl-llm", daemon=True),
+        ]
         if start:
-            self._thread.start()
+            self.start()
 
     def start(self):
-        self._thread.start()
+        for t in self._threads:
+            t.start()
 
     # -- admission, from the event loop ---------------------------------------------------------
     def acquire(self, job: Job) -> None:
@@ -113,16 +123,17 @@ class Scheduler:
     def submit(self, job: Job) -> None:
         with self._wake:
             self._jobs.append(job)
-            self._wake.notify()
+            self._wake.notify_all()  # both stages wait on this condition
 
     def close(self):
         with self._wake:
             self._stop = True
-            self._wake.notify()
-        self._thread.join(timeout=10)
+            self._wake.notify_all()
+        for t in self._threads:
+            t.join(timeout=10)
 
-    # -- the model's thread ---------------------------------------------------------------------
-    def _run(self):
+    # -- the encoder's thread -------------------------------------------------------------------
+    def _encode_loop(self):
         while True:
             with self._wake:
                 while not self._jobs and not self._stop:
@@ -138,24 +149,36 @@ class Scheduler:
                 # Everything waiting now goes in one batch: under load, requests pile up while
                 # the previous batch runs, so batches grow exactly when it pays.
                 batch, self._jobs = self._jobs[: self.max_batch], self._jobs[self.max_batch :]
-            batch = [j for j in batch if not j.cancelled]
+                llm_busy = self._llm_busy
+            ready = []
             try:
-                if batch:
-                    self._answer(batch)
-            except Exception as e:  # a bug: these requests fail with 500, logged; the worker lives on
-                log.exception("answering a batch failed")
-                self._prefixes.clear()  # a forward that failed midway may have left a cache half-extended
+                # While the LLM decodes (one thread), the encoder takes the other core only: two
+                # threads here would stall on the core the decoder holds (see `one_thread`).
+                with one_thread() if llm_busy else _nothing():
+                    ready = self._encode_batch([j for j in batch if not j.cancelled])
+            except Exception as e:  # a bug: these requests fail with 500, logged; the thread lives on
+                log.exception("encoding a batch failed")
                 for j in batch:
                     j.emit("error", (500, f"internal error ({type(e).__name__}); see the server log"))
             finally:
+                passed = {id(j) for j in ready}
                 for j in batch:
-                    self.finish(j)
+                    if id(j) not in passed:
+                        self.finish(j)
+            if ready:
+                with self._wake:
+                    self._ready += ready
+                    self._wake.notify_all()
 
-    def _answer(self, batch: list[Job]):
+    def _encode_batch(self, batch: list[Job]) -> list[Job]:
+        """Encodes the jobs' videos; returns the jobs ready for the LLM, each holding its video.
+        One bad clip must not fail the others: on an error they are encoded one by one."""
+        if not batch:
+            return []
         try:
             videos = self._encode(batch)
             ready = batch
-        except StormError:  # one bad clip must not fail the others: encode them one by one
+        except StormError:
             videos, ready = {}, []
             for job in batch:
                 try:
@@ -163,9 +186,39 @@ class Scheduler:
                     ready.append(job)
                 except StormError as e:
                     job.emit("error", (400, first_line(e)))
-        if not ready:
-            return
-        requests = [Request(videos[j.key], j.question, j.options, j.history, j.max_new_tokens) for j in ready]
+        for j in ready:
+            j.video = videos[j.key]
+        return ready
+
+    # -- the LLM's thread -----------------------------------------------------------------------
+    def _llm_loop(self):
+        while True:
+            with self._wake:
+                while not self._ready and not self._stop:
+                    self._wake.wait()
+                if self._stop:
+                    return
+                batch, self._ready = self._ready[: self.max_batch], self._ready[self.max_batch :]
+                self._llm_busy = True
+            live = [j for j in batch if not j.cancelled]
+            try:
+                if live:
+                    self._answer(live)
+            except Exception as e:  # a bug: these requests fail with 500, logged; the thread lives on
+                log.exception("answering a batch failed")
+                self._prefixes.clear()  # a forward that failed midway may have left a cache half-extended
+                for j in live:
+                    j.emit("error", (500, f"internal error ({type(e).__name__}); see the server log"))
+            finally:
+                with self._wake:
+                    self._llm_busy = False
+                for j in batch:
+                    self.finish(j)
+
+    def _answer(self, ready: list[Job]):
+        requests = [Request(j.video, j.question, j.options, j.history, j.max_new_tokens) for j in ready]
+        for j in ready:
+            j.video = None  # the tokens are no longer needed here
         try:
             answers = self.pipe.respond(
                 requests, on_text=lambda i, piece: ready[i].emit("text", piece), cancelled=lambda i: ready[i].cancelled,
@@ -223,8 +276,13 @@ class Scheduler:
                 while len(self._cache) > self.cache_videos:
                     self._cache.popitem(last=False)
         for j in jobs:
-            j.clip, j.video = None, None  # frames and tokens are no longer needed here
+            j.clip = None  # the frames are no longer needed
         return found
+
+
+@contextlib.contextmanager
+def _nothing():
+    yield
 
 
 class _Decoding:
@@ -238,4 +296,4 @@ class _Decoding:
     def __exit__(self, *exc):
         with self.s._wake:
             self.s._decoding -= 1
-            self.s._wake.notify()
+            self.s._wake.notify_all()
