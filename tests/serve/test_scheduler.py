@@ -142,3 +142,44 @@ def test_a_follow_up_asked_alone_computes_only_its_new_tokens(pipe):
     # Only the new turn's tokens ran through the LLM, not the video's or the first turn's.
     assert prefill < follow.prompt_tokens - video.features.shape[0] - first.prompt_tokens // 2
     assert 0 < prefill, (prefill, follow.prompt_tokens, first.prompt_tokens)
+
+
+def test_the_next_videos_are_encoded_while_the_llm_answers(pipe, monkeypatch):
+    """The encoder and the LLM are two stages: a request arriving while the LLM answers another
+    has its video encoded meanwhile, not after."""
+    import threading
+    import time
+
+    from stormvl.serve.scheduler import Scheduler
+
+    in_llm, release = threading.Event(), threading.Event()
+    respond = pipe.respond
+
+    def held(requests, **kw):
+        in_llm.set()
+        assert release.wait(60)
+        return respond(requests, **kw)
+
+    monkeypatch.setattr(pipe, "respond", held)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        sched = Scheduler(pipe)
+        first = _job(loop, pipe, DIRECTION, key="first|16")
+        sched.submit(first)
+        assert await loop.run_in_executor(None, in_llm.wait, 60)
+        second = _job(loop, pipe, DIRECTION, key="second|16")
+        sched.submit(second)
+        deadline = time.time() + 60
+        while sched.stats["videos_encoded"] < 2 and time.time() < deadline:
+            await asyncio.sleep(0.01)
+        encoded_while_held = sched.stats["videos_encoded"]
+        release.set()
+        out = await _result(first), await _result(second)
+        sched.close()
+        return encoded_while_held, out
+
+    encoded_while_held, out = asyncio.run(main())
+    assert encoded_while_held == 2  # the second video was encoded while the first answer was held
+    assert [kind for kind, _, _ in out] == ["done", "done"]
+    assert out[0][1].text == out[1][1].text == pipe.answer(EXAMPLE, DIRECTION, num_frames=16, max_new_tokens=16).text
