@@ -183,3 +183,41 @@ def test_the_next_videos_are_encoded_while_the_llm_answers(pipe, monkeypatch):
     assert encoded_while_held == 2  # the second video was encoded while the first answer was held
     assert [kind for kind, _, _ in out] == ["done", "done"]
     assert out[0][1].text == out[1][1].text == pipe.answer(EXAMPLE, DIRECTION, num_frames=16, max_new_tokens=16).text
+
+
+def test_a_question_about_an_encoded_video_does_not_wait_for_the_encoder(pipe, monkeypatch):
+    """A follow-up whose video the server already holds goes straight to the LLM stage, even while
+    the encoder is busy with another request's video."""
+    import threading
+
+    from stormvl.serve.scheduler import Scheduler
+
+    video = pipe.encode([pipe.load_clip(EXAMPLE, 16)], 1)[0]
+    in_encoder, release = threading.Event(), threading.Event()
+    encode = pipe.encode
+
+    def held(clips, *a):
+        in_encoder.set()
+        assert release.wait(60)
+        return encode(clips, *a)
+
+    monkeypatch.setattr(pipe, "encode", held)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        sched = Scheduler(pipe)
+        busy = _job(loop, pipe, DIRECTION, key="other|16")
+        sched.submit(busy)
+        assert await loop.run_in_executor(None, in_encoder.wait, 60)
+        follow = _job(loop, pipe, DIRECTION, key="held|16", clip=False)
+        follow.video = video
+        sched.submit(follow)
+        answered = await _result(follow)  # while the encoder is still held
+        release.set()
+        other = await _result(busy)
+        sched.close()
+        return answered, other
+
+    (kind, answer, _), (other_kind, _, _) = asyncio.run(main())
+    assert kind == other_kind == "done"
+    assert answer.text == pipe.answer(EXAMPLE, DIRECTION, num_frames=16, max_new_tokens=16).text

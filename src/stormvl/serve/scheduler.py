@@ -121,8 +121,10 @@ class Scheduler:
         return _Decoding(self)
 
     def submit(self, job: Job) -> None:
+        """Queues `job` for the encoder, or straight for the LLM when its video is already encoded
+        (a follow-up): it need not wait behind other videos' encoding."""
         with self._wake:
-            self._jobs.append(job)
+            (self._jobs if job.video is None else self._ready).append(job)
             self._wake.notify_all()  # both stages wait on this condition
 
     def close(self):
