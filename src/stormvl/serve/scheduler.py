@@ -156,7 +156,7 @@ class Scheduler:
             try:
                 # While the LLM decodes (one thread), the encoder takes the other core only: two
                 # threads here would stall on the core the decoder holds (see `one_thread`).
-                with one_thread() if llm_busy else _nothing():
+                with one_thread() if llm_busy else contextlib.nullcontext():
                     ready = self._encode_batch([j for j in batch if not j.cancelled])
             except Exception as e:  # a bug: these requests fail with 500, logged; the thread lives on
                 log.exception("encoding a batch failed")
@@ -260,9 +260,7 @@ class Scheduler:
         found, todo = {}, {}
         with self._lock:
             for j in jobs:
-                if j.video is not None:
-                    found[j.key] = j.video
-                elif j.key in self._cache:
+                if j.key in self._cache:
                     self._cache.move_to_end(j.key)
                     found[j.key] = self._cache[j.key]
                 elif j.clip is not None:
@@ -280,11 +278,6 @@ class Scheduler:
         for j in jobs:
             j.clip = None  # the frames are no longer needed
         return found
-
-
-@contextlib.contextmanager
-def _nothing():
-    yield
 
 
 class _Decoding:
