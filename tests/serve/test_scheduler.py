@@ -144,23 +144,30 @@ def test_a_follow_up_asked_alone_computes_only_its_new_tokens(pipe):
     assert 0 < prefill, (prefill, follow.prompt_tokens, first.prompt_tokens)
 
 
+def _hold(monkeypatch, pipe, method: str):
+    """Makes `pipe.<method>` wait, once entered, until released: (entered, release) events."""
+    import threading
+
+    entered, release = threading.Event(), threading.Event()
+    real = getattr(pipe, method)
+
+    def held(*args, **kwargs):
+        entered.set()
+        assert release.wait(60)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipe, method, held)
+    return entered, release
+
+
 def test_the_next_videos_are_encoded_while_the_llm_answers(pipe, monkeypatch):
     """The encoder and the LLM are two stages: a request arriving while the LLM answers another
     has its video encoded meanwhile, not after."""
-    import threading
     import time
 
     from stormvl.serve.scheduler import Scheduler
 
-    in_llm, release = threading.Event(), threading.Event()
-    respond = pipe.respond
-
-    def held(requests, **kw):
-        in_llm.set()
-        assert release.wait(60)
-        return respond(requests, **kw)
-
-    monkeypatch.setattr(pipe, "respond", held)
+    in_llm, release = _hold(monkeypatch, pipe, "respond")
 
     async def main():
         loop = asyncio.get_running_loop()
@@ -188,20 +195,10 @@ def test_the_next_videos_are_encoded_while_the_llm_answers(pipe, monkeypatch):
 def test_a_question_about_an_encoded_video_does_not_wait_for_the_encoder(pipe, monkeypatch):
     """A follow-up whose video the server already holds goes straight to the LLM stage, even while
     the encoder is busy with another request's video."""
-    import threading
-
     from stormvl.serve.scheduler import Scheduler
 
     video = pipe.encode([pipe.load_clip(EXAMPLE, 16)], 1)[0]
-    in_encoder, release = threading.Event(), threading.Event()
-    encode = pipe.encode
-
-    def held(clips, *a):
-        in_encoder.set()
-        assert release.wait(60)
-        return encode(clips, *a)
-
-    monkeypatch.setattr(pipe, "encode", held)
+    in_encoder, release = _hold(monkeypatch, pipe, "encode")
 
     async def main():
         loop = asyncio.get_running_loop()
