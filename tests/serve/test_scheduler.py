@@ -160,6 +160,15 @@ def _hold(monkeypatch, pipe, method: str):
     return entered, release
 
 
+async def _submit_until_held(sched, pipe, entered, key):
+    """Submits a question about the example clip and waits until it sits in the held stage."""
+    loop = asyncio.get_running_loop()
+    job = _job(loop, pipe, DIRECTION, key=key)
+    sched.submit(job)
+    assert await loop.run_in_executor(None, entered.wait, 60)
+    return job
+
+
 def test_the_next_videos_are_encoded_while_the_llm_answers(pipe, monkeypatch):
     """The encoder and the LLM are two stages: a request arriving while the LLM answers another
     has its video encoded meanwhile, not after."""
@@ -170,12 +179,9 @@ def test_the_next_videos_are_encoded_while_the_llm_answers(pipe, monkeypatch):
     in_llm, release = _hold(monkeypatch, pipe, "respond")
 
     async def main():
-        loop = asyncio.get_running_loop()
         sched = Scheduler(pipe)
-        first = _job(loop, pipe, DIRECTION, key="first|16")
-        sched.submit(first)
-        assert await loop.run_in_executor(None, in_llm.wait, 60)
-        second = _job(loop, pipe, DIRECTION, key="second|16")
+        first = await _submit_until_held(sched, pipe, in_llm, "first|16")
+        second = _job(asyncio.get_running_loop(), pipe, DIRECTION, key="second|16")
         sched.submit(second)
         deadline = time.time() + 60
         while sched.stats["videos_encoded"] < 2 and time.time() < deadline:
@@ -201,12 +207,9 @@ def test_a_question_about_an_encoded_video_does_not_wait_for_the_encoder(pipe, m
     in_encoder, release = _hold(monkeypatch, pipe, "encode")
 
     async def main():
-        loop = asyncio.get_running_loop()
         sched = Scheduler(pipe)
-        busy = _job(loop, pipe, DIRECTION, key="other|16")
-        sched.submit(busy)
-        assert await loop.run_in_executor(None, in_encoder.wait, 60)
-        follow = _job(loop, pipe, DIRECTION, key="held|16", clip=False)
+        busy = await _submit_until_held(sched, pipe, in_encoder, "other|16")
+        follow = _job(asyncio.get_running_loop(), pipe, DIRECTION, key="held|16", clip=False)
         follow.video = video
         sched.submit(follow)
         answered = await _result(follow)  # while the encoder is still held

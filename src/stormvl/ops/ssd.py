@@ -138,7 +138,7 @@ def _segment(x, dt, A, B, C, D, Q, initial_state, return_final_state):
     a = torch.cumsum(F.pad(dt * A, (0, 0, 0, c * Q - l)).reshape(b, c, Q, h), dim=2)  # b c Q h
     ok = ((a - a[:, :, -1:] * 0.5).abs().amax(dim=(0, 1, 2)) <= limit / 2).tolist()  # per head
     if all(ok):
-        return _segment_factored(x, dt, A, B, C, D, Q, initial_state, return_final_state)
+        return _segment_factored(x, dt, A, B, C, D, Q, initial_state, return_final_state, a)
     if not any(ok):
         return _segment_stable(x, dt, A, B, C, D, Q, initial_state, return_final_state)
     g = B.shape[2]
@@ -149,23 +149,23 @@ def _segment(x, dt, A, B, C, D, Q, initial_state, return_final_state):
         # A subset of heads keeps one shared B/C group when there is one; otherwise each head
         # takes its own group's B/C (g' = heads), which is the same scan.
         grp = slice(None) if g == 1 else idx // (h // g)
-        y_i, s_i = (_segment_factored if fast else _segment_stable)(
-            x[:, :, idx], dt[:, :, idx], A[idx], B[:, :, grp], C[:, :, grp], None if D is None else D[idx], Q,
-            None if initial_state is None else initial_state[:, idx], True,
-        )  # fmt: skip
+        args = (x[:, :, idx], dt[:, :, idx], A[idx], B[:, :, grp], C[:, :, grp], None if D is None else D[idx], Q,
+                None if initial_state is None else initial_state[:, idx], True)  # fmt: skip
+        y_i, s_i = _segment_factored(*args, a[..., idx]) if fast else _segment_stable(*args)
         y[:, :, idx] = y_i
         state[:, idx] = s_i
     return (y, state) if return_final_state else y
 
 
-def _segment_factored(x, dt, A, B, C, D, Q, initial_state, return_final_state):
+def _segment_factored(x, dt, A, B, C, D, Q, initial_state, return_final_state, a):
     """The chunked scan with each chunk's decay factored around its midpoint m (per head):
     exp(a_i - a_j) = exp(a_i - m) * exp(m - a_j), where a is the in-chunk cumulative dt * A.
     The per-head (Q x Q) decay matrices of the stable path (their exp, mask and product: most of
     its elementwise work) become two (Q, h) scalings, and all heads of a group share one masked
     C B^T, so the intra-chunk term is one (Q x Q) @ (Q x r*p) product in the input's own layout.
     Exact while every exponent stays in range: |a_i - m|, |m - a_j| <= half the chunk's range,
-    which `_segment` checks. Inference only (in-place ops)."""
+    which `_segment` checks, passing the cumulative sums it computed: `a` (b, c, Q, h), zero-padded
+    to whole chunks. Inference only (in-place ops)."""
     b, l, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
     r = h // g
@@ -175,7 +175,6 @@ def _segment_factored(x, dt, A, B, C, D, Q, initial_state, return_final_state):
         B, C = F.pad(B, (0, 0, 0, 0, 0, pad)), F.pad(C, (0, 0, 0, 0, 0, pad))
     c = (l + pad) // Q
     dtc = dt.reshape(b, c, Q, h)
-    a = torch.cumsum(dtc * A, dim=2)  # b c Q h  (<= 0, decreasing)
     m = a[:, :, -1:] * 0.5  # b c 1 h
     xc = x.reshape(b, c, Q, h, p)
     xt = xc * torch.exp(m - a).mul_(dtc)[..., None]  # b c Q h p: exp(m - a_j) dt_j x_j
