@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .fast_decode import FastSteps
+
 
 def eos_ids(model, tokenizer) -> set[int]:
     """Every id that ends a reply: the generation config's (an int or a list) and the tokenizer's."""
@@ -91,8 +93,8 @@ def greedy_decode(
     if prefix is not None:
         if len(embeds) != 1 or prompt_ids is None:
             raise ValueError("a prefix cache serves one row, with its prompt ids")
-        return [_decode_with_prefix(lm, embeds[0], prompt_ids, prefix, limits_of(max_new_tokens, 1)[0], stop_ids,
-                                    on_token, cancelled, cache_arg, last_only)]  # fmt: skip
+        return [_decode_with_prefix(lm, base, embeds[0], prompt_ids, prefix, limits_of(max_new_tokens, 1)[0],
+                                    stop_ids, on_token, cancelled, cache_arg, last_only)]  # fmt: skip
     n = len(embeds)
     limits = limits_of(max_new_tokens, n)
     width = max(e.shape[0] for e in embeds)
@@ -111,6 +113,7 @@ def greedy_decode(
     tokens: list[list[int]] = [[] for _ in range(n)]
     done = [limit <= 0 for limit in limits]
     embed = lm.get_input_embeddings()
+    fast = FastSteps.start(base, cache, mask if padded else None, width + max(limits, default=0))
     with one_thread():  # the token loop: see one_thread
         while not all(done):
             nxt = logits.argmax(-1)  # (B,)
@@ -130,12 +133,15 @@ def greedy_decode(
                 break
             # Finished rows keep riding along (their tokens are ignored): dropping them from the KV
             # cache would cost more than the few extra rows on the batch's last steps.
-            mask = torch.cat([mask, mask.new_ones(n, 1)], 1) if padded else None
-            out = lm(
-                inputs_embeds=embed(nxt[:, None]), attention_mask=mask, position_ids=next_pos, use_cache=True,
-                **{cache_arg: cache},
-            )  # fmt: skip
-            cache, logits = out[cache_arg], out.logits[:, -1]
+            if fast is not None:
+                logits = fast.step(nxt, next_pos)
+            else:
+                mask = torch.cat([mask, mask.new_ones(n, 1)], 1) if padded else None
+                out = lm(
+                    inputs_embeds=embed(nxt[:, None]), attention_mask=mask, position_ids=next_pos, use_cache=True,
+                    **{cache_arg: cache},
+                )  # fmt: skip
+                cache, logits = out[cache_arg], out.logits[:, -1]
             next_pos = next_pos + 1
     return tokens
 
@@ -153,7 +159,7 @@ def limits_of(max_new_tokens, n: int) -> list[int]:
     return [max_new_tokens] * n if isinstance(max_new_tokens, int) else list(max_new_tokens)
 
 
-def _decode_with_prefix(lm, emb, ids, prefix, limit, stop_ids, on_token, cancelled, cache_arg, last_only):
+def _decode_with_prefix(lm, base, emb, ids, prefix, limit, stop_ids, on_token, cancelled, cache_arg, last_only):
     """One row, reusing and then extending `prefix` (see `greedy_decode`)."""
     common = 0
     if prefix.cache is not None:
@@ -171,22 +177,31 @@ def _decode_with_prefix(lm, emb, ids, prefix, limit, stop_ids, on_token, cancell
     prefix.cache, prefix.ids = out[cache_arg], list(ids)
     logits = out.logits[:, -1]
     embed = lm.get_input_embeddings()
+    fast = FastSteps.start(base, prefix.cache, None, len(ids) + limit)
     tokens: list[int] = []
-    with one_thread():  # the token loop: see one_thread
-        while len(tokens) < limit and not (cancelled is not None and cancelled(0)):
-            t = int(logits.argmax(-1))
-            if t in stop_ids:
-                break
-            tokens.append(t)
-            if on_token is not None:
-                on_token(0, tokens)
-            if len(tokens) >= limit:
-                break
-            pos = torch.tensor([[len(prefix.ids)]], device=emb.device)
-            out = lm(inputs_embeds=embed(torch.tensor([[t]], device=emb.device)), position_ids=pos, use_cache=True,
-                     **{cache_arg: prefix.cache})  # fmt: skip
-            prefix.cache, logits = out[cache_arg], out.logits[:, -1]
-            prefix.ids.append(t)
+    try:
+        with one_thread():  # the token loop: see one_thread
+            while len(tokens) < limit and not (cancelled is not None and cancelled(0)):
+                t = int(logits.argmax(-1))
+                if t in stop_ids:
+                    break
+                tokens.append(t)
+                if on_token is not None:
+                    on_token(0, tokens)
+                if len(tokens) >= limit:
+                    break
+                pos = torch.tensor([[len(prefix.ids)]], device=emb.device)
+                ids_t = torch.tensor([t], device=emb.device)
+                if fast is not None:
+                    logits = fast.step(ids_t, pos)
+                else:
+                    out = lm(inputs_embeds=embed(ids_t[None]), position_ids=pos, use_cache=True,
+                             **{cache_arg: prefix.cache})  # fmt: skip
+                    prefix.cache, logits = out[cache_arg], out.logits[:, -1]
+                prefix.ids.append(t)
+    finally:
+        if fast is not None:
+            fast.sync()  # the cache covers the ids the steps have seen, for the next turn
     return tokens
 
 
