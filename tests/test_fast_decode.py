@@ -90,6 +90,31 @@ def test_steps_equal_the_models_forward(arch, rope, kv_heads):
         torch.testing.assert_close(v, v_ref, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("rope,kv_heads", [("default", 2), ("llama3", 1), ("yarn", 4)])
+@torch.inference_mode()
+def test_a_chats_new_turn_equals_the_models_forward(rope, kv_heads):
+    """A follow-up's new tokens in one call (causal among themselves, after the cached turn), past
+    the buffers' first capacity, then a step: the model's own logits and cache (float64)."""
+    from stormvl.fast_decode import FastSteps, _kv
+
+    lm = small_lm("llama", ROPES[rope], kv_heads)
+    ids, mask = prompts([6])
+    new = torch.randint(0, 50, (1, 5))
+    cache, pos, _ = prefill(lm, ids, mask)
+    cache, ref = forward(lm, new, None, pos + torch.arange(5), cache)
+    cache, ref_next = forward(lm, new[:, :1], None, pos + 5, cache)
+
+    cache, pos, _ = prefill(lm, ids, mask)
+    steps = FastSteps.start(lm, cache, None, capacity=7)
+    steps.reserve(12)  # the turn needs more room than the first reply had
+    emb = lm.get_input_embeddings()
+    torch.testing.assert_close(steps.forward(emb(new), pos + torch.arange(5)), ref, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(steps.step(new[:, 0], pos + 5), ref_next, rtol=1e-9, atol=1e-9)
+    steps.keep(8)  # a later turn that parts from this one after 8 positions
+    assert cache.get_seq_length() == 8 and steps.length == 8
+    torch.testing.assert_close(_kv(cache)[1][0], _kv(forward(lm, torch.cat([ids, new[:, :2]], 1), None, None)[0])[1][0])
+
+
 @torch.inference_mode()
 def test_the_cache_is_not_held_twice_and_the_buffers_are_bounded():
     from stormvl.fast_decode import FastSteps, _kv
@@ -128,6 +153,7 @@ def test_greedy_decode_gives_the_reference_paths_tokens(tiny_model, monkeypatch,
     """Batched rows of different lengths, and a chat whose second turn continues the first turn's
     cache: the same tokens with the lean steps as with the model's forward (float64)."""
     from stormvl import fast_decode
+    from stormvl.fast_decode import _kv
     from stormvl.generation import PrefixCache, greedy_decode
 
     model, _ = tiny_model(llm=llm)
@@ -145,7 +171,7 @@ def test_greedy_decode_gives_the_reference_paths_tokens(tiny_model, monkeypatch,
             out = greedy_decode(lm, [emb(torch.tensor(ids))], 5, set(), prefix=prefix, prompt_ids=ids)[0]
             turns.append(out)
             ids = ids + out + follow.tolist()
-        return batch, turns, prefix.ids, prefix.cache.get_seq_length()
+        return batch, turns, prefix.ids, [t.clone() for kv in _kv(prefix.cache) for t in kv]
 
     threads = []  # the intra-op threads each lean step ran with
     real_step = fast_decode.FastSteps.step
@@ -160,4 +186,7 @@ def test_greedy_decode_gives_the_reference_paths_tokens(tiny_model, monkeypatch,
     assert threads and set(threads) == {1}  # they ran, on one thread (see generation.one_thread)
     monkeypatch.setattr(fast_decode, "ENABLED", False)
     threads.clear()
-    assert run() == fast and not threads
+    ref = run()
+    assert ref[:3] == fast[:3] and not threads
+    for a, b in zip(ref[3], fast[3]):  # the chat's cache, ready for a third turn
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)

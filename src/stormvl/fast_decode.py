@@ -13,6 +13,8 @@ changes with length, LoRA layers or hooks), and the tests compare the two.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -77,80 +79,115 @@ def _linear(x: torch.Tensor, m: nn.Linear) -> torch.Tensor:
     return F.linear(x, m.weight, m.bias)  # without the module call's own overhead
 
 
-class FastSteps:
-    """Decode steps for one batch, continuing the KV cache of its prompt's pass.
+_ROPE_TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # rotary module -> {(dtype, device): table}
 
-    The cache's tensors are copied once into buffers with room for `capacity` positions, and the
-    transformers cache is pointed at those buffers (views), so the KV memory is not held twice and
-    the cache object stays usable by the model's own forward: `sync` brings it up to date after
-    the steps (a chat's next turn continues it).
+
+def _rope_table(rotary: nn.Module, like: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin), (at least n positions, head dim) each, made by the model's own rotary module,
+    so its scaling (linear, llama3, yarn) and attention factor are the model's. Kept per module:
+    making it costs a decode step's worth of small operations, and every reply would pay it."""
+    tables = _ROPE_TABLES.setdefault(rotary, {})
+    key = (like.dtype, like.device)
+    if key not in tables or tables[key][0].shape[0] < n:
+        size = max(256, 1 << (n - 1).bit_length())
+        cos, sin = rotary(like, torch.arange(size, device=like.device)[None])
+        tables[key] = (cos[0], sin[0])
+    return tables[key]
+
+
+class FastSteps:
+    """The lean forward for the positions after a prompt's pass, on KV buffers with room for the
+    whole reply. The prompt's transformers cache is copied into the buffers once and then pointed at
+    them (views): the KV memory is not held twice, and the model's own forward can continue the
+    cache after `sync`. A chat keeps its FastSteps between turns, so a follow-up's new tokens run
+    here too (`forward` with several positions).
 
     `key_mask`: (B, L) with 0 at the prompt's left padding, or None when no row is padded."""
 
     def __init__(self, lm, cache, key_mask: torch.Tensor | None, capacity: int):
-        model = lm.model
         self.lm, self.cache = lm, cache
         self.heads = lm.config.num_attention_heads
         self.kv_heads = lm.config.num_key_value_heads
         kv = _kv(cache)
-        b, n_kv, self.length, d = kv[0][0].shape
-        self.keys, self.values = [], []
-        for i, (k, v) in enumerate(kv):
-            kb = k.new_empty(b, n_kv, capacity, d)  # (B, KV heads, capacity, head dim)
-            vb = v.new_empty(b, n_kv, capacity, d)
-            kb[:, :, : self.length] = k
-            vb[:, :, : self.length] = v
-            self.keys.append(kb)
-            self.values.append(vb)
-            _set_kv(cache, i, kb[:, :, : self.length], vb[:, :, : self.length])
-        self.mask = None  # (B, 1, 1, capacity), True where a key may be attended to
-        if key_mask is not None:
-            self.mask = torch.ones(b, 1, 1, capacity, dtype=torch.bool, device=key_mask.device)
-            self.mask[:, 0, 0, : self.length] = key_mask.bool()
-        # The model's own rotary module makes the table, so its scaling (linear, llama3, yarn)
-        # and attention factor are the model's: (capacity, head dim) each.
-        cos, sin = model.rotary_emb(kv[0][0], torch.arange(capacity, device=kv[0][0].device)[None])
-        self.cos, self.sin = cos[0], sin[0]
+        self.length = kv[0][0].shape[2]
+        self.keys, self.values = [k for k, _ in kv], [v for _, v in kv]  # copied into buffers below
+        self.mask = None if key_mask is None else key_mask.bool()[:, None, None, :]  # (B, 1, 1, L)
+        self._grow(max(capacity, self.length))
 
     @classmethod
     def start(cls, lm, cache, key_mask, capacity) -> FastSteps | None:
         """The steps for this model and cache, or None where the model's own forward must run."""
         return cls(lm, cache, key_mask, capacity) if cache is not None and supported(lm) else None
 
-    def step(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """ids (B,), positions (B, 1) -> the next logits (B, vocab). Appends one position."""
-        col = self.length
-        if col >= self.keys[0].shape[2]:
-            raise RuntimeError("the decode buffers are full")  # a caller's bug: capacity is the reply's limit
-        lm, b, h, kvh = self.lm, ids.shape[0], self.heads, self.kv_heads
-        x = F.embedding(ids[:, None], lm.model.embed_tokens.weight)  # (B, 1, D)
-        cos, sin = self.cos[positions], self.sin[positions]  # (B, 1, head dim)
-        mask = None if self.mask is None else self.mask[..., : col + 1]
-        for i, layer in enumerate(lm.model.layers):
-            a = layer.self_attn
-            y = _rms(x, layer.input_layernorm)
-            q = _linear(y, a.q_proj).view(b, h, -1)  # (B, heads, head dim)
-            k = _linear(y, a.k_proj).view(b, kvh, -1)  # (B, KV heads, head dim)
-            v = _linear(y, a.v_proj).view(b, kvh, -1)
-            qk = torch.cat([q, k], 1)  # rotate queries and keys together
-            half = qk.shape[-1] // 2
-            qk = qk * cos + torch.cat([-qk[..., half:], qk[..., :half]], -1) * sin
-            self.keys[i][:, :, col] = qk[:, h:]
-            self.values[i][:, :, col] = v
-            # Grouped-query attention without repeating keys: with one query position, the query
-            # heads sharing a KV head are that head's "query positions", (B, KV heads, group, dim).
-            o = F.scaled_dot_product_attention(
-                qk[:, :h].reshape(b, kvh, h // kvh, -1), self.keys[i][:, :, : col + 1], self.values[i][:, :, : col + 1],
-                attn_mask=mask, scale=a.scaling,
-            )  # fmt: skip
-            x = x + _linear(o.reshape(b, 1, -1), a.o_proj)
-            y = _rms(x, layer.post_attention_layernorm)
-            mlp = layer.mlp
-            x = x + _linear(F.silu(_linear(y, mlp.gate_proj)) * _linear(y, mlp.up_proj), mlp.down_proj)
-        self.length = col + 1
-        return _linear(_rms(x, lm.model.norm), lm.lm_head)[:, -1]
+    def reserve(self, capacity: int) -> None:
+        """Room for `capacity` positions in all."""
+        if capacity > self.keys[0].shape[2]:
+            self._grow(capacity)
+
+    def _grow(self, capacity: int) -> None:
+        for buffers in (self.keys, self.values):
+            for i, old in enumerate(buffers):
+                b, n_kv, _, d = old.shape
+                buffers[i] = old.new_empty(b, n_kv, capacity, d)  # (B, KV heads, capacity, head dim)
+                buffers[i][:, :, : self.length] = old[:, :, : self.length]
+        if self.mask is not None:  # (B, 1, 1, capacity), True where a key may be attended to
+            mask = self.mask.new_ones(*self.mask.shape[:3], capacity)
+            mask[..., : self.length] = self.mask[..., : self.length]
+            self.mask = mask
+        self.cos, self.sin = _rope_table(self.lm.model.rotary_emb, self.keys[0], capacity)
+        self.sync()
+
+    def keep(self, n: int) -> None:
+        """Drops every position after the first n."""
+        self.length = min(self.length, n)
+        self.sync()
 
     def sync(self) -> None:
         """Points the transformers cache at every position computed so far."""
         for i, (k, v) in enumerate(zip(self.keys, self.values)):
             _set_kv(self.cache, i, k[:, :, : self.length], v[:, :, : self.length])
+
+    def step(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """ids (B,), positions (B, 1) -> the next logits (B, vocab). Appends one position."""
+        return self.forward(F.embedding(ids[:, None], self.lm.model.embed_tokens.weight), positions)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """x (B, L, D) input embeddings at positions (B, L) -> the last position's logits (B, vocab).
+        Appends L positions; several only for one unpadded row (a chat's new turn)."""
+        lm, (b, n, _), h, kvh = self.lm, x.shape, self.heads, self.kv_heads
+        col = self.length
+        if col + n > self.keys[0].shape[2]:
+            raise RuntimeError("the decode buffers are full")  # a caller's bug: `reserve` first
+        if n > 1 and (b > 1 or self.mask is not None):
+            raise ValueError("several positions at once take one unpadded row")
+        cos, sin = self.cos[positions][:, :, None], self.sin[positions][:, :, None]  # (B, L, 1, head dim)
+        # Grouped-query attention without repeating keys: the query heads sharing a KV head, at every
+        # new position, are that KV head's queries, (B, KV heads, group * L, head dim), so a query at
+        # new position j (row g * L + j) may see the keys up to col + j.
+        mask = None if self.mask is None else self.mask[..., : col + 1]
+        if n > 1:
+            seen = torch.arange(col + n, device=x.device)[None] <= col + torch.arange(n, device=x.device)[:, None]
+            mask = seen.repeat(h // kvh, 1)  # (group * L, col + L)
+        for i, layer in enumerate(lm.model.layers):
+            a = layer.self_attn
+            y = _rms(x, layer.input_layernorm)
+            q = _linear(y, a.q_proj).view(b, n, h, -1)  # (B, L, heads, head dim)
+            k = _linear(y, a.k_proj).view(b, n, kvh, -1)  # (B, L, KV heads, head dim)
+            v = _linear(y, a.v_proj).view(b, n, kvh, -1)
+            qk = torch.cat([q, k], 2)  # rotate queries and keys together
+            half = qk.shape[-1] // 2
+            qk = qk * cos + torch.cat([-qk[..., half:], qk[..., :half]], -1) * sin
+            self.keys[i][:, :, col : col + n] = qk[:, :, h:].transpose(1, 2)
+            self.values[i][:, :, col : col + n] = v.transpose(1, 2)
+            d = qk.shape[-1]
+            queries = qk[:, :, :h].reshape(b, n, kvh, h // kvh, d).permute(0, 2, 3, 1, 4).reshape(b, kvh, -1, d)
+            o = F.scaled_dot_product_attention(
+                queries, self.keys[i][:, :, : col + n], self.values[i][:, :, : col + n], attn_mask=mask, scale=a.scaling
+            )  # (B, KV heads, group * L, head dim)
+            o = o.view(b, kvh, h // kvh, n, -1).permute(0, 3, 1, 2, 4).reshape(b, n, -1)  # (B, L, heads * head dim)
+            x = x + _linear(o, a.o_proj)
+            y = _rms(x, layer.post_attention_layernorm)
+            mlp = layer.mlp
+            x = x + _linear(F.silu(_linear(y, mlp.gate_proj)) * _linear(y, mlp.up_proj), mlp.down_proj)
+        self.length = col + n
+        return _linear(_rms(x[:, -1:], lm.model.norm), lm.lm_head)[:, -1]

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .fast_decode import FastSteps
+from .fast_decode import FastSteps, supported
 
 
 def eos_ids(model, tokenizer) -> set[int]:
@@ -37,11 +37,13 @@ class PrefixCache:
 
     ids: list[int] = field(default_factory=list)
     cache: object = None
+    steps: FastSteps | None = None  # the lean steps' buffers behind `cache`, where the model allows them
 
     def keep(self, n: int) -> None:
         """Drop everything after the first n cached positions."""
-        have = self.cache.get_seq_length()
-        if n < have:
+        if self.steps is not None:
+            self.steps.keep(n)  # the cache views its buffers
+        elif n < (have := self.cache.get_seq_length()):
             # A negative count removes that many tokens from the end in every transformers release
             # (4.x reads a positive value as the length to keep, 5.x refuses one).
             self.cache.crop(n - have)
@@ -172,12 +174,19 @@ def _decode_with_prefix(lm, base, emb, ids, prefix, limit, stop_ids, on_token, c
     else:
         prefix.ids = []
     pos = torch.arange(common, len(ids), device=emb.device)[None]  # (1, L - common)
-    kw = {cache_arg: prefix.cache} if prefix.cache is not None else {}
-    out = lm(inputs_embeds=emb[None, common:], position_ids=pos, use_cache=True, **last_only, **kw)
-    prefix.cache, prefix.ids = out[cache_arg], list(ids)
-    logits = out.logits[:, -1]
+    if prefix.steps is not None and not supported(base):
+        prefix.steps = None  # hooks came since the last turn: the cache itself is up to date
+    if prefix.steps is not None:  # a new turn of a chat the lean steps ran: its new tokens too
+        prefix.steps.reserve(len(ids) + limit)
+        logits = prefix.steps.forward(emb[None, common:], pos)
+    else:
+        kw = {cache_arg: prefix.cache} if prefix.cache is not None else {}
+        out = lm(inputs_embeds=emb[None, common:], position_ids=pos, use_cache=True, **last_only, **kw)
+        prefix.cache, logits = out[cache_arg], out.logits[:, -1]
+        prefix.steps = FastSteps.start(base, prefix.cache, None, len(ids) + limit)
+    prefix.ids = list(ids)
     embed = lm.get_input_embeddings()
-    fast = FastSteps.start(base, prefix.cache, None, len(ids) + limit)
+    fast = prefix.steps
     tokens: list[int] = []
     try:
         with one_thread():  # the token loop: see one_thread
