@@ -40,9 +40,9 @@ def supported(lm) -> bool:
         return False
     if getattr(getattr(model, "rotary_emb", None), "rope_type", None) not in _STATIC_ROPE:
         return False
-    for m in lm.modules():
-        if m._forward_hooks or m._forward_pre_hooks or hasattr(m, "_hf_hook"):
-            return False  # someone watches or moves these modules: their own forward must run
+    for m in lm.modules():  # someone watches or moves these modules: their own forward must run
+        if m._forward_hooks or m._forward_pre_hooks or "_hf_hook" in m.__dict__:
+            return False
     for layer in model.layers:
         a, mlp = layer.self_attn, layer.mlp
         linears = (a.q_proj, a.k_proj, a.v_proj, a.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj)
