@@ -169,38 +169,96 @@ async def _submit_until_held(sched, pipe, entered, key):
     return job
 
 
-def test_the_next_videos_are_encoded_while_the_llm_answers(pipe, monkeypatch):
-    """The encoder and the LLM are two stages: a request arriving while the LLM answers another
-    has its video encoded meanwhile, not after."""
+async def _encoded_after(sched, n, seconds):
+    """The scheduler's count of encoded videos once it reaches n, or after `seconds`."""
     import time
 
+    deadline = time.time() + seconds
+    while sched.stats["videos_encoded"] < n and time.time() < deadline:
+        await asyncio.sleep(0.01)
+    return sched.stats["videos_encoded"]
+
+
+def test_below_a_full_batch_the_stages_take_turns_and_a_full_batch_is_encoded_meanwhile(pipe, monkeypatch):
+    """While the LLM answers, a lone request waits for its turn (its batch may still grow, and the
+    encoder will have both cores); once a full batch waits, it is encoded while the LLM answers."""
     from stormvl.serve.scheduler import Scheduler
 
     in_llm, release = _hold(monkeypatch, pipe, "respond")
 
     async def main():
-        sched = Scheduler(pipe)
+        loop = asyncio.get_running_loop()
+        sched = Scheduler(pipe, max_batch=2, turn_wait_s=60)
+        jobs = [await _submit_until_held(sched, pipe, in_llm, "first|16")]
+        jobs.append(_job(loop, pipe, DIRECTION, key="second|16"))
+        sched.submit(jobs[-1])
+        alone = await _encoded_after(sched, 2, 1.0)
+        jobs.append(_job(loop, pipe, DIRECTION, key="third|16"))
+        sched.submit(jobs[-1])
+        full = await _encoded_after(sched, 3, 60)
+        release.set()
+        out = [await _result(j) for j in jobs]
+        sched.close()
+        return alone, full, out, sched.stats
+
+    alone, full, out, stats = asyncio.run(main())
+    assert (alone, full) == (1, 3)  # the lone second video waited; with the third, both were encoded
+    assert stats["batches"] == 2 and stats["largest_batch"] == 2
+    expected = pipe.answer(EXAMPLE, DIRECTION, num_frames=16, max_new_tokens=16).text
+    assert [(kind, answer.text) for kind, answer, _ in out] == [("done", expected)] * 3
+
+
+def test_a_stage_waits_its_turn_at_most_turn_wait_s(pipe, monkeypatch):
+    """A long reply does not hold the next request's encoding for longer than `turn_wait_s`."""
+    from stormvl.serve.scheduler import Scheduler
+
+    in_llm, release = _hold(monkeypatch, pipe, "respond")
+
+    async def main():
+        sched = Scheduler(pipe, turn_wait_s=0.2)
         first = await _submit_until_held(sched, pipe, in_llm, "first|16")
         second = _job(asyncio.get_running_loop(), pipe, DIRECTION, key="second|16")
         sched.submit(second)
-        deadline = time.time() + 60
-        while sched.stats["videos_encoded"] < 2 and time.time() < deadline:
-            await asyncio.sleep(0.01)
-        encoded_while_held = sched.stats["videos_encoded"]
+        encoded_while_held = await _encoded_after(sched, 2, 60)
         release.set()
         out = await _result(first), await _result(second)
         sched.close()
         return encoded_while_held, out
 
     encoded_while_held, out = asyncio.run(main())
-    assert encoded_while_held == 2  # the second video was encoded while the first answer was held
+    assert encoded_while_held == 2
     assert [kind for kind, _, _ in out] == ["done", "done"]
-    assert out[0][1].text == out[1][1].text == pipe.answer(EXAMPLE, DIRECTION, num_frames=16, max_new_tokens=16).text
+
+
+def test_the_llm_waits_for_a_batch_the_encoder_is_finishing(pipe, monkeypatch):
+    """Requests that arrive together are answered together: a follow-up (its video held) that
+    reaches the LLM while the encoder works on another request's video joins that batch."""
+    from stormvl.serve.scheduler import Scheduler
+
+    video = pipe.encode([pipe.load_clip(EXAMPLE, 16)], 1)[0]
+    in_encoder, release = _hold(monkeypatch, pipe, "encode")
+
+    async def main():
+        sched = Scheduler(pipe, turn_wait_s=60)
+        other = await _submit_until_held(sched, pipe, in_encoder, "other|16")
+        follow = _job(asyncio.get_running_loop(), pipe, DIRECTION, key="held|16", clip=False)
+        follow.video = video
+        sched.submit(follow)
+        await asyncio.sleep(0.5)
+        answered_early = sched.stats["answered"]
+        release.set()
+        out = await _result(follow), await _result(other)
+        sched.close()
+        return answered_early, out, sched.stats
+
+    answered_early, out, stats = asyncio.run(main())
+    assert answered_early == 0 and stats["batches"] == 1 and stats["largest_batch"] == 2
+    assert [kind for kind, _, _ in out] == ["done", "done"]
 
 
 def test_a_question_about_an_encoded_video_does_not_wait_for_the_encoder(pipe, monkeypatch):
-    """A follow-up whose video the server already holds goes straight to the LLM stage, even while
-    the encoder is busy with another request's video."""
+    """A follow-up whose video the server already holds goes straight to the LLM stage, and is
+    answered while the encoder is still busy with another request's video (after `turn_wait_s`)."""
     from stormvl.serve.scheduler import Scheduler
 
     video = pipe.encode([pipe.load_clip(EXAMPLE, 16)], 1)[0]
