@@ -1,6 +1,6 @@
 """Times each stage of one answer through the model's own methods (`get_frame_features`,
 `get_temporal_features`, `reduce_video_tokens`, `get_inputs_embeds`, then the LLM's prefill and
-decode), so the bench measures exactly what `answer` runs."""
+decode through `generation.greedy_decode`), so the bench measures exactly what `answer` runs."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..generation import greedy_decode
 from ..models.storm import StormForConditionalGeneration
 from ..processing import preprocess_frames
 from .flops import llm_prefill_flops, projector_flops, temporal_flops, vision_flops
@@ -59,18 +60,19 @@ def time_once(model: StormForConditionalGeneration, pixel, input_ids, new_tokens
     emb = model.get_inputs_embeds(input_ids, video_features=list(model.video_token_sequence(red)))
     _sync(device)
     t3 = clock()
-    # Logits for the last position only, as `generate` computes them in prefill.
-    out = model.language_model(inputs_embeds=emb, use_cache=True, logits_to_keep=1)
-    nxt = out.logits[:, -1].argmax(-1, keepdim=True)
-    _sync(device)
-    t4 = clock()
-    past = out.past_key_values
-    for _ in range(new_tokens):
-        out = model.language_model(input_ids=nxt, past_key_values=past, use_cache=True)
-        past = out.past_key_values
-        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+    # The prompt's pass, then new_tokens steps, through the decoding loop `answer` runs (no stop
+    # token: every row runs its steps). Its first token comes right after the prompt's pass.
+    first = []
+
+    def on_token(_row, tokens):
+        if len(tokens) == 1:
+            _sync(device)
+            first.append(clock())
+
+    greedy_decode(model.language_model, [emb[0]], new_tokens + 1, set(), on_token=on_token)
     _sync(device)
     t5 = clock()
+    t4 = first[0]
     return StageTimes(t1 - t0, t2 - t1, t3 - t2, t4 - t3, (t5 - t4) / max(1, new_tokens))
 
 
