@@ -58,7 +58,8 @@ def one_thread():
     every thread it started, and when the other cores are busy (a server's event loop, decoders
     and clients; another job) one descheduled thread stalls it: with two threads the steps took
     7.4-8.5 ms and 762-770 ms, with one 2.8-4.7 ms and 137-145 ms. Prefill and the vision side keep
-    every thread. (OpenMP keeps a thread count per thread: threads already running keep theirs.)"""
+    every thread (in the server a small prefill runs on one: `Scheduler._small`). (OpenMP keeps a
+    thread count per thread: threads already running keep theirs.)"""
     n = torch.get_num_threads()
     if n == 1:
         yield

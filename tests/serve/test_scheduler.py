@@ -279,3 +279,39 @@ def test_a_question_about_an_encoded_video_does_not_wait_for_the_encoder(pipe, m
     (kind, answer, _), (other_kind, _, _) = asyncio.run(main())
     assert kind == other_kind == "done"
     assert answer.text == pipe.answer(EXAMPLE, DIRECTION, num_frames=16, max_new_tokens=16).text
+
+
+@pytest.mark.parametrize("flops, small", [(1e15, True), (0, False)])
+def test_a_small_prompt_pass_runs_the_llm_stage_on_one_thread(pipe, monkeypatch, flops, small):
+    """Below `parallel_prefill_flops` of prompt pass the whole LLM stage runs on one thread (its
+    own thread pool would stall the encoder's); above it, the prefill keeps every thread."""
+    import torch
+
+    from stormvl.serve.scheduler import Scheduler
+
+    expected = pipe.answer(EXAMPLE, DIRECTION, num_frames=16, max_new_tokens=16).text
+    seen = []
+    respond = type(pipe).respond
+
+    def counting(self, *args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return respond(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(pipe), "respond", counting)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # the stage threads start with the process's count: two, even on one core
+
+    async def main():
+        sched = Scheduler(pipe, parallel_prefill_flops=flops)
+        job = _job(asyncio.get_running_loop(), pipe, DIRECTION)
+        sched.submit(job)
+        kind, answer, _ = await _result(job)
+        sched.close()
+        return kind, answer
+
+    try:
+        kind, answer = asyncio.run(main())
+    finally:
+        torch.set_num_threads(before)
+    assert kind == "done" and answer.text == expected
+    assert seen == [1 if small else 2]

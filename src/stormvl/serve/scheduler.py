@@ -69,9 +69,14 @@ class Scheduler:
         cache_conversations: int = 8,
         batch_wait_s: float = 0.02,
         turn_wait_s: float = 0.1,
+        parallel_prefill_flops: float = 2e9,
         start=True,
     ):
         self.pipe = pipe
+        lm = pipe.model.language_model
+        # Weights a prompt token is multiplied through (the embedding table is only looked up).
+        self._llm_weights = sum(p.numel() for p in lm.parameters()) - lm.get_input_embeddings().weight.numel()
+        self.parallel_prefill_flops = parallel_prefill_flops
         self.batch_wait_s = batch_wait_s
         self._decoding = 0  # requests admitted and still decoding their video
         self.max_batch = max_batch
@@ -243,15 +248,28 @@ class Scheduler:
                 for j in batch:
                     self.finish(j)
 
+    def _small(self, requests: list[Request]) -> bool:
+        """Whether the batch's prompt pass is too small to pay for a second thread pool. Each stage
+        thread that runs parallel work keeps its own OpenMP workers, and when the stages hand the
+        cores back and forth those workers stall each other: on the embedded model with 4 clients,
+        batches took 58-71 ms with the LLM's prefill on every thread and 49-60 ms with the whole
+        LLM stage on one, although that prefill alone runs 4.8 ms on two threads and 6.8 on one.
+        Large prompt passes (SmolLM2-135M: 6 GFLOP at 30 tokens, 91 ms on two threads and 125 on
+        one) keep every thread. The prompt's text is estimated at 64 tokens plus 4 characters a
+        token of history."""
+        tokens = 0
+        for r in requests:
+            history = sum(len(q) + len(a) for q, a in r.history)
+            tokens += r.video.features.shape[0] + 64 + (len(r.question) + history) // 4
+        return 2 * self._llm_weights * tokens < self.parallel_prefill_flops
+
     def _answer(self, ready: list[Job]):
         requests = [Request(j.video, j.question, j.options, j.history, j.max_new_tokens) for j in ready]
         for j in ready:
             j.video = None  # the tokens are no longer needed here
         try:
-            answers = self.pipe.respond(
-                requests, on_text=lambda i, piece: ready[i].emit("text", piece), cancelled=lambda i: ready[i].cancelled,
-                prefix=self._prefix(ready[0]) if len(ready) == 1 else None,
-            )  # fmt: skip
+            with one_thread() if self._small(requests) else contextlib.nullcontext():
+                answers = self._respond(ready, requests)
         except StormError:  # one request cannot be asked (too long, ...): it alone fails
             answers = [self._alone(j, r) for j, r in zip(ready, requests)]
         self.stats["batches"] += 1
@@ -262,6 +280,12 @@ class Scheduler:
                 j.emit("error", (400, first_line(a)))
             else:
                 j.emit("done", a)
+
+    def _respond(self, ready: list[Job], requests: list[Request]):
+        return self.pipe.respond(
+            requests, on_text=lambda i, piece: ready[i].emit("text", piece), cancelled=lambda i: ready[i].cancelled,
+            prefix=self._prefix(ready[0]) if len(ready) == 1 else None,
+        )  # fmt: skip
 
     def _prefix(self, job: Job) -> PrefixCache:
         """The KV cache of the latest conversation about this job's video (a new one if none).
