@@ -149,24 +149,25 @@ class Scheduler:
         for t in self._threads:
             t.join(timeout=10)
 
+    def _wait_below_full(self, queued, waiting, seconds: float) -> None:
+        """Holding the condition: waits while `waiting()` is true and `queued()` is below a full
+        batch, at most `seconds`."""
+        until = time.perf_counter() + seconds
+        while waiting() and queued() < self.max_batch and not self._stop:
+            left = until - time.perf_counter()
+            if left <= 0:
+                return
+            self._wake.wait(left)
+
     # -- the encoder's thread -------------------------------------------------------------------
     def _encode_loop(self):
         while True:
             with self._wake:
                 while not self._jobs and not self._stop:
                     self._wake.wait()
-                until = time.perf_counter() + self.batch_wait_s
-                while self._decoding and len(self._jobs) < self.max_batch and not self._stop:
-                    left = until - time.perf_counter()
-                    if left <= 0:
-                        break
-                    self._wake.wait(left)
-                until = time.perf_counter() + self.turn_wait_s  # below a full batch the stages take turns
-                while self._llm_busy and len(self._jobs) < self.max_batch and not self._stop:
-                    left = until - time.perf_counter()
-                    if left <= 0:
-                        break
-                    self._wake.wait(left)
+                self._wait_below_full(lambda: len(self._jobs), lambda: self._decoding, self.batch_wait_s)
+                # Below a full batch the stages take turns.
+                self._wait_below_full(lambda: len(self._jobs), lambda: self._llm_busy, self.turn_wait_s)
                 if self._stop:
                     return
                 # Everything waiting now goes in one batch: under load, requests pile up while
@@ -222,12 +223,7 @@ class Scheduler:
                     self._wake.wait()
                 # A batch the encoder is finishing joins this one, unless that takes long: a
                 # follow-up (its video held) need not wait for a long video's encoding.
-                until = time.perf_counter() + self.turn_wait_s
-                while self._encoding and len(self._ready) < self.max_batch and not self._stop:
-                    left = until - time.perf_counter()
-                    if left <= 0:
-                        break
-                    self._wake.wait(left)
+                self._wait_below_full(lambda: len(self._ready), lambda: self._encoding, self.turn_wait_s)
                 if self._stop:
                     return
                 batch, self._ready = self._ready[: self.max_batch], self._ready[self.max_batch :]
