@@ -146,6 +146,89 @@ def test_models_it_does_not_compute_exactly_keep_their_own_forward():
     hooked = small_lm()
     hooked.model.layers[1].mlp.register_forward_hook(lambda *_: None)
     assert not fast_decode.supported(hooked)
+    # Eager attention rounds its softmax to the model's dtype; the step computes SDPA's.
+    assert not fast_decode.supported(small_lm(attn_implementation="eager"))
+    # The step looks tokens up in the embedding table itself: an adapter there would be skipped.
+    lora = get_peft_model(small_lm(), LoraConfig(r=2, target_modules=["embed_tokens"]))
+    assert not fast_decode.supported(lora.get_base_model())
+
+
+@torch.inference_mode()
+def test_the_rotary_table_follows_the_models_frequencies():
+    """A dtype round trip rounds the rotary frequencies; the steps then use the rounded ones,
+    as the model's forward does, not a table kept from before."""
+    from stormvl.fast_decode import FastSteps
+
+    lm = small_lm()
+    ids, mask = prompts([6])
+    tokens = torch.randint(0, 50, (3, 1))
+
+    def lean_logits():
+        cache, pos, _ = prefill(lm, ids, mask)
+        steps = FastSteps.start(lm, cache, None, capacity=12)
+        return [steps.step(t, pos + i) for i, t in enumerate(tokens)]
+
+    lean_logits()  # makes the table from the float64 frequencies
+    lm.model.rotary_emb.inv_freq = lm.model.rotary_emb.inv_freq.to(torch.bfloat16).to(torch.float64)
+    cache, pos, _ = prefill(lm, ids, mask)
+    for a, b in zip(reference_steps(lm, cache, mask, pos, tokens), lean_logits()):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+def test_a_failed_allocation_leaves_the_buffers_whole(monkeypatch):
+    """Out of memory while growing: every buffer keeps its old capacity, so the chat goes on."""
+    from stormvl.fast_decode import FastSteps
+
+    lm = small_lm()
+    cache, pos, logits = prefill(lm, *prompts([4]))
+    steps = FastSteps.start(lm, cache, None, capacity=6)
+    real, made = torch.Tensor.new_empty, []
+
+    def failing(self, *shape, **kw):
+        made.append(shape)
+        if len(made) == 3:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory")
+        return real(self, *shape, **kw)
+
+    monkeypatch.setattr(torch.Tensor, "new_empty", failing)
+    with pytest.raises(RuntimeError, match="allocate"):
+        steps.reserve(64)
+    monkeypatch.undo()
+    assert {b.shape[2] for b in steps.keys + steps.values} == {6}
+    with torch.inference_mode():
+        steps.reserve(8)
+        t = logits.argmax(-1)
+        for i in range(4):  # past the old capacity
+            t = steps.step(t, pos + i).argmax(-1)
+    assert {b.shape[2] for b in steps.keys + steps.values} == {8}
+
+
+def test_a_chat_turn_stopped_midway_in_the_models_forward_starts_the_next_afresh(monkeypatch):
+    """The reference path (here: a model with a hook) extends transformers' cache layer by layer;
+    a turn stopped in its second layer must not leave the layers at different lengths."""
+    from stormvl.generation import PrefixCache, greedy_decode
+
+    lm = small_lm()
+    emb = lm.get_input_embeddings()
+    stop = [False]
+
+    def hook(*_):
+        if stop[0]:
+            raise KeyboardInterrupt
+
+    lm.model.layers[1].register_forward_pre_hook(hook)
+    prefix, ids = PrefixCache(), list(range(1, 9))
+    with torch.inference_mode():
+        out = greedy_decode(lm, [emb(torch.tensor(ids))], 4, set(), prefix=prefix, prompt_ids=ids)[0]
+        ids = ids + out + [5, 6, 7]
+        stop[0] = True
+        with pytest.raises(KeyboardInterrupt):
+            greedy_decode(lm, [emb(torch.tensor(ids))], 4, set(), prefix=prefix, prompt_ids=ids)
+        stop[0] = False
+        ids = ids + [9, 9]
+        again = greedy_decode(lm, [emb(torch.tensor(ids))], 4, set(), prefix=prefix, prompt_ids=ids)[0]
+        assert again == greedy_decode(lm, [emb(torch.tensor(ids))], 4, set())[0]
+        assert prefix.cache.get_seq_length() == len(prefix.ids) == len(ids) + 4 - 1
 
 
 @pytest.mark.parametrize("llm", ["qwen2", "llama"])

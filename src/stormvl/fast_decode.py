@@ -8,7 +8,8 @@ whole KV cache so far. On 2 CPU cores that step took 2.3-3.4 ms; this one, which
 operations in the same order on a KV cache allocated once for the whole reply, 1.1-2.1 ms
 (interleaved runs of 30 steps). The model's own forward stays the reference path: it runs every
 model this one does not recognise (another architecture, a sliding window, a rotary scaling that
-changes with length, LoRA layers or hooks), and the tests compare the two.
+changes with length, eager attention, LoRA layers or an adapter on the embedding, hooks), and the
+tests compare the two.
 """
 
 from __future__ import annotations
@@ -39,6 +40,13 @@ def supported(lm) -> bool:
     if getattr(cfg, "use_sliding_window", False) or any(t != "full_attention" for t in layer_types):
         return False
     if getattr(getattr(model, "rotary_emb", None), "rope_type", None) not in _STATIC_ROPE:
+        return False
+    # Eager attention rounds its fp32 softmax to the model's dtype before the product; this step's
+    # is PyTorch's fused attention, as the "sdpa" models compute it.
+    if getattr(cfg, "_attn_implementation", None) not in (None, "sdpa"):
+        return False
+    # The step looks token ids up in the table itself: an adapter on the embedding would be skipped.
+    if type(model.embed_tokens) is not nn.Embedding or lm.get_input_embeddings() is not model.embed_tokens:
         return False
     for m in lm.modules():  # someone watches or moves these modules: their own forward must run
         if m._forward_hooks or m._forward_pre_hooks or "_hf_hook" in m.__dict__:
@@ -79,20 +87,24 @@ def _linear(x: torch.Tensor, m: nn.Linear) -> torch.Tensor:
     return F.linear(x, m.weight, m.bias)  # without the module call's own overhead
 
 
-_ROPE_TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # rotary module -> {(dtype, device): table}
+# rotary module -> {(dtype, device): (cos, sin, the inv_freq and attention factor they were made from)}
+_ROPE_TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _rope_table(rotary: nn.Module, like: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(cos, sin), (at least n positions, head dim) each, made by the model's own rotary module,
     so its scaling (linear, llama3, yarn) and attention factor are the model's. Kept per module:
-    making it costs a decode step's worth of small operations, and every reply would pay it."""
+    making it costs a decode step's worth of small operations, and every reply would pay it. Made
+    again when the module's frequencies changed (a dtype round trip rounds them)."""
     tables = _ROPE_TABLES.setdefault(rotary, {})
     key = (like.dtype, like.device)
-    if key not in tables or tables[key][0].shape[0] < n:
+    made = tables.get(key)
+    scaling = getattr(rotary, "attention_scaling", None)
+    if made is None or made[0].shape[0] < n or made[3] != scaling or not torch.equal(made[2], rotary.inv_freq):
         size = max(256, 1 << (n - 1).bit_length())
         cos, sin = rotary(like, torch.arange(size, device=like.device)[None])
-        tables[key] = (cos[0], sin[0])
-    return tables[key]
+        tables[key] = made = (cos[0], sin[0], rotary.inv_freq.clone(), scaling)
+    return made[0], made[1]
 
 
 class FastSteps:
@@ -125,16 +137,22 @@ class FastSteps:
             self._grow(capacity)
 
     def _grow(self, capacity: int) -> None:
+        # Everything is made before anything is replaced: an allocation that fails (out of memory)
+        # leaves the buffers as they were, all of one capacity.
+        grown = []
         for buffers in (self.keys, self.values):
-            for i, old in enumerate(buffers):
+            new = []
+            for old in buffers:
                 b, n_kv, _, d = old.shape
-                buffers[i] = old.new_empty(b, n_kv, capacity, d)  # (B, KV heads, capacity, head dim)
-                buffers[i][:, :, : self.length] = old[:, :, : self.length]
+                new.append(old.new_empty(b, n_kv, capacity, d))  # (B, KV heads, capacity, head dim)
+                new[-1][:, :, : self.length] = old[:, :, : self.length]
+            grown.append(new)
+        mask = None
         if self.mask is not None:  # (B, 1, 1, capacity), True where a key may be attended to
             mask = self.mask.new_ones(*self.mask.shape[:3], capacity)
             mask[..., : self.length] = self.mask[..., : self.length]
-            self.mask = mask
-        self.cos, self.sin = _rope_table(self.lm.model.rotary_emb, self.keys[0], capacity)
+        cos, sin = _rope_table(self.lm.model.rotary_emb, grown[0][0], capacity)
+        (self.keys, self.values), self.mask, self.cos, self.sin = grown, mask, cos, sin
         self.sync()
 
     def keep(self, n: int) -> None:

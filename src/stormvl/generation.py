@@ -164,6 +164,18 @@ def limits_of(max_new_tokens, n: int) -> list[int]:
 
 def _decode_with_prefix(lm, base, emb, ids, prefix, limit, stop_ids, on_token, cancelled, cache_arg, last_only):
     """One row, reusing and then extending `prefix` (see `greedy_decode`)."""
+    try:
+        return _extend_prefix(lm, base, emb, ids, prefix, limit, stop_ids, on_token, cancelled, cache_arg, last_only)
+    except BaseException:
+        if prefix.steps is None:
+            # transformers' forward extends its cache layer by layer: one stopped midway (an error,
+            # Ctrl-C) leaves the layers at different lengths, so the next turn starts afresh. The
+            # lean steps keep theirs whole (a position counts once every layer has it).
+            prefix.cache, prefix.ids = None, []
+        raise
+
+
+def _extend_prefix(lm, base, emb, ids, prefix, limit, stop_ids, on_token, cancelled, cache_arg, last_only):
     common = 0
     if prefix.cache is not None:
         for a, b in zip(prefix.ids, ids):
