@@ -628,7 +628,10 @@ def build_parser():
     s.add_argument("video", nargs="?")
     s.add_argument("question", nargs="?")
     s.add_argument(
-        "--batch", metavar="JSONL", help='questions, one JSON object a line: {"video", "question", "options"}'
+        "--batch",
+        metavar="JSONL",
+        help='questions, one JSON object a line: {"video", "question", "options"}; '
+        "a relative video path is read from the file's folder",
     )
     s.add_argument("--batch-size", type=int, default=8, help="questions per LLM pass with --batch")
     s.add_argument("--out", help="with --batch: write the answers here (JSONL) instead of stdout")
