@@ -60,10 +60,17 @@ def test_odd_urls_are_refused_not_crashed(tmp_path):
         (str(tmp_path / "a\0.mp4"), 400),
         ("http://[x", 400),
         ("data:video/mp4;base64,\udcff", 400),
+        (str(tmp_path / ("a" * 300 + ".mp4")), 400),  # a name longer than the system allows
+        (str(tmp_path / "\ud800.mp4"), 400),  # not valid Unicode: no file can have this name
+        ("/etc/\ud800", 400),
     ]:
         with pytest.raises(MediaError) as e:
             policy.resolve(url)
         assert e.value.status == status, url
+        str(e.value).encode("utf-8")  # the message can go out as JSON
+    with pytest.raises(MediaError) as e:
+        policy.resolve("/etc/passwd\n/x")
+    assert e.value.status == 403 and "\n" not in str(e.value)  # the path is quoted: one line
     assert policy.resolve("file://localhost" + str(tmp_path / "a.mp4")).path == (tmp_path / "a.mp4").resolve()
     # A remote URL is fetched only when opened (in a decoder thread), and a failure is a 400.
     remote = policy.resolve("http://127.0.0.1:9/v.mp4")

@@ -179,6 +179,37 @@ async def _encoded_after(sched, n, seconds):
     return sched.stats["videos_encoded"]
 
 
+def test_a_question_that_breaks_the_tokenizer_fails_alone_with_500(pipe, monkeypatch):
+    """Not a user error the pipeline knows (a bug, or text no tokenizer takes): the batch is
+    answered question by question, and only that one fails (500), the others as if alone."""
+    from stormvl.serve.scheduler import Scheduler
+
+    prompt_ids = type(pipe).prompt_token_ids
+
+    def breaking(self, prompt, video):
+        if "BREAK" in prompt:
+            raise TypeError("TextEncodeInput must be Union[...]")
+        return prompt_ids(self, prompt, video)
+
+    monkeypatch.setattr(type(pipe), "prompt_token_ids", breaking)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        sched = Scheduler(pipe, start=False)
+        jobs = [_job(loop, pipe, DIRECTION), _job(loop, pipe, "BREAK"), _job(loop, pipe, "What happens in the video?")]
+        for j in jobs:
+            sched.submit(j)
+        sched.start()
+        res = [await _result(j) for j in jobs]
+        sched.close()
+        return res
+
+    (k1, a1, _), (k2, (status, message), _), (k3, a3, _) = asyncio.run(main())
+    assert (k1, k3, k2, status) == ("done", "done", "error", 500) and "TypeError" in message
+    assert a1.text == pipe.answer(EXAMPLE, DIRECTION, num_frames=16, max_new_tokens=16).text
+    assert a3.text == pipe.answer(EXAMPLE, "What happens in the video?", num_frames=16, max_new_tokens=16).text
+
+
 def test_below_a_full_batch_the_stages_take_turns_and_a_full_batch_is_encoded_meanwhile(pipe, monkeypatch):
     """While the LLM answers, a lone request waits for its turn (its batch may still grow, and the
     encoder will have both cores); once a full batch waits, it is encoded while the LLM answers."""

@@ -110,6 +110,7 @@ def test_bad_requests_get_one_line_4xx(client):
         (video_message(data_url(data), DIRECTION, num_frames=65), {}, 400),  # over --max-frames
         (video_message(data_url(data), DIRECTION), {"max_tokens": 10**6}, 400),
         ([{"role": "user", "content": DIRECTION}], {}, 400),  # no video
+        (video_message(data_url(data), DIRECTION), {"extra_body": {"stream": "false"}}, 400),
     ]
     for messages, extra, status in cases:
         with pytest.raises(openai.APIStatusError) as e:
@@ -119,6 +120,28 @@ def test_bad_requests_get_one_line_4xx(client):
         assert message and "\n" not in message and "Traceback" not in message
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="gpt-4o", messages=video_message(data_url(data), DIRECTION))
+
+
+def test_text_that_is_not_valid_unicode_gets_400(server):
+    # JSON may escape a lone surrogate (the openai client cannot even send one): no tokenizer takes it.
+    body = {"model": "stormvl-default", "messages": video_message(data_url(EXAMPLE.read_bytes()), "What \ud800 moves?")}
+    r = httpx.post(server + "/v1/chat/completions", content=json.dumps(body),
+                   headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"})  # fmt: skip
+    assert r.status_code == 400 and "surrogate" in r.json()["error"]["message"]
+
+
+def test_unknown_routes_and_methods_answer_in_openais_error_shape(server):
+    for method, path, status in [("GET", "/v1/nope", 404), ("GET", "/v1/chat/completions", 405)]:
+        r = httpx.request(method, server + path, headers={"Authorization": f"Bearer {API_KEY}"})
+        assert r.status_code == status and r.json()["error"]["code"] == status
+
+
+def test_a_bad_uploaded_video_is_named_without_the_servers_temporary_file(client):
+    data = EXAMPLE.read_bytes()
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="stormvl-default",
+                                       messages=video_message(data_url(data[: len(data) // 3]), DIRECTION))  # fmt: skip
+    assert "stormvl-" not in e.value.body["message"] and "/tmp" not in e.value.body["message"]
 
 
 def test_truncated_video_names_the_problem(client):

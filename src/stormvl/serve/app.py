@@ -19,6 +19,7 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import StormError, first_line
 from ..frame_plan import MAX_FRAMES
@@ -187,8 +188,10 @@ def parse_request(body, settings: ServeSettings, pipe: StormPipeline) -> ChatReq
             raise ApiError(400, "options must be a list of non-empty strings", "options")
         if not 1 <= len(options) <= 26:
             raise ApiError(400, f"options takes 1 to 26 entries, got {len(options)}", "options")
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    max_tokens = settings.default_max_tokens if max_tokens is None else max_tokens
+    max_tokens = body.get("max_completion_tokens")
+    max_tokens = body.get("max_tokens") if max_tokens is None else max_tokens
+    # Left out, a reply may be as long as the default, within what the server allows.
+    max_tokens = min(settings.default_max_tokens, settings.max_tokens) if max_tokens is None else max_tokens
     max_tokens = _int_field(max_tokens, "max_tokens", 1, settings.max_tokens)
     stream_options = body.get("stream_options") or {}
     video_uuid = inner.get("uuid") or part.get("uuid")
@@ -198,6 +201,14 @@ def parse_request(body, settings: ServeSettings, pipe: StormPipeline) -> ChatReq
     texts = [question, *(t for pair in history for t in pair), *(options or [])]
     if any(token in t for t in texts):
         raise ApiError(400, f"the text may not contain the model's video placeholder {token!r}", "messages")
+    for t in texts:  # JSON may carry lone surrogates (\ud800), which no tokenizer can encode
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ApiError(400, "the text holds an unpaired UTF-16 surrogate (not valid Unicode)", "messages") from None
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise ApiError(400, f"stream must be true or false, got {stream!r}", "stream")
     return ChatRequest(
         url=inner.get("url"),
         video_uuid=video_uuid,
@@ -208,7 +219,7 @@ def parse_request(body, settings: ServeSettings, pipe: StormPipeline) -> ChatReq
         fps=None if fps is None else float(fps),
         temporal_sample=temporal_sample,
         max_tokens=max_tokens,
-        stream=bool(body.get("stream")),
+        stream=stream,
         include_usage=bool(isinstance(stream_options, dict) and stream_options.get("include_usage")),
     )
 
@@ -260,6 +271,10 @@ def create_app(pipe: StormPipeline, settings: ServeSettings) -> FastAPI:
     @app.exception_handler(Exception)
     async def _bug(request, exc):  # anything unforeseen: logged by uvicorn, a plain 500 to the client
         return error_response(500, f"internal error ({type(exc).__name__}); see the server log")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _routing(request, exc):  # an unknown route or method, in OpenAI's error shape too
+        return error_response(exc.status_code, str(exc.detail))
 
     @app.get("/health")
     def health():
@@ -336,7 +351,10 @@ def create_app(pipe: StormPipeline, settings: ServeSettings) -> FastAPI:
             return error_response(e.status, str(e), "video_url")
         except StormError as e:
             release()
-            return error_response(400, first_line(e), "video_url")
+            message = first_line(e)
+            if media.temporary and media.path is not None:  # the server's own temporary file
+                message = message.replace(str(media.path), "the video")
+            return error_response(400, message, "video_url")
         except asyncio.TimeoutError:
             release()
             return error_response(504, f"decoding the video took longer than {settings.request_timeout:g} s")

@@ -125,14 +125,21 @@ class MediaPolicy:
             raise MediaError(403, "local paths are disabled: start the server with --allowed-local-media-path DIR")
         if "\0" in path:
             raise MediaError(400, "a path may not contain a NUL character")
-        real = Path(os.path.realpath(path))
+        # Named with repr in messages: a path may hold newlines or characters JSON cannot carry.
+        try:  # a name too long for the system, or one that is not valid Unicode, is no path here
+            real = Path(os.path.realpath(path))
+        except (OSError, ValueError):
+            raise MediaError(400, f"{path!r}: not a path this machine can read") from None
         if not any(real.is_relative_to(d) for d in self.allowed_dirs):
-            raise MediaError(403, f"{path}: outside the directories this server may read")
-        if not real.is_file():
-            raise MediaError(400, f"{path}: no such video file")
-        st = real.stat()
+            raise MediaError(403, f"{path!r}: outside the directories this server may read")
+        try:
+            st = real.stat() if real.is_file() else None
+        except (OSError, ValueError):
+            raise MediaError(400, f"{path!r}: not a path this machine can read") from None
+        if st is None:
+            raise MediaError(400, f"{path!r}: no such video file")
         if st.st_size > self.max_bytes:
-            raise MediaError(413, f"{path}: larger than the server's limit of {self.max_bytes // 2**20} MB")
+            raise MediaError(413, f"{path!r}: larger than the server's limit of {self.max_bytes // 2**20} MB")
         # A file is identified by where it is and its version, so an edited file is new content.
         return Media(real, f"file:{real}:{st.st_size}:{st.st_mtime_ns}", temporary=False)
 

@@ -264,13 +264,23 @@ class Scheduler:
         requests = [Request(j.video, j.question, j.options, j.history, j.max_new_tokens) for j in ready]
         for j in ready:
             j.video = None  # the tokens are no longer needed here
+        streamed = []
+
+        def on_text(i, piece):
+            streamed.append(i)
+            ready[i].emit("text", piece)
+
         try:
             with one_thread() if self._small(requests) else contextlib.nullcontext():
                 answers = self.pipe.respond(
-                    requests, on_text=lambda i, piece: ready[i].emit("text", piece),
-                    cancelled=lambda i: ready[i].cancelled, prefix=self._prefix(ready[0]) if len(ready) == 1 else None,
+                    requests, on_text=on_text, cancelled=lambda i: ready[i].cancelled,
+                    prefix=self._prefix(ready[0]) if len(ready) == 1 else None,
                 )  # fmt: skip
-        except StormError:  # one request cannot be asked (too long, ...): it alone fails
+        except Exception as e:  # one request cannot be asked (too long, a bug, ...): it alone fails
+            if streamed:  # replies already under way would be sent twice: the batch fails (500)
+                raise
+            if not isinstance(e, StormError):
+                log.exception("a batch failed before any reply; its questions are answered one by one")
             answers = [self._alone(j, r) for j, r in zip(ready, requests)]
         self.stats["batches"] += 1
         self.stats["answered"] += len(ready)
@@ -278,6 +288,8 @@ class Scheduler:
         for j, a in zip(ready, answers):
             if isinstance(a, StormError):
                 j.emit("error", (400, first_line(a)))
+            elif isinstance(a, Exception):
+                j.emit("error", (500, f"internal error ({type(a).__name__}); see the server log"))
             else:
                 j.emit("done", a)
 
@@ -297,6 +309,9 @@ class Scheduler:
                                     cancelled=lambda _i: job.cancelled)  # fmt: skip
             return out[0]
         except StormError as e:
+            return e
+        except Exception as e:  # a bug this request alone runs into: logged, a 500 for it alone
+            log.exception("answering one question failed")
             return e
 
     def _encode(self, jobs: list[Job]) -> dict[str, EncodedVideo]:
