@@ -124,6 +124,7 @@ def _annotations(d):
         (d / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     jl("dup_ids.jsonl", rec, rec)
+    (d / "not_objects.jsonl").write_text("5\n")
     jl("opts_str.jsonl", {**rec, "options": "left right"})
     jl("ans_bad.jsonl", {**rec, "answer": "Z"})
     jl("ans_int.jsonl", {**rec, "answer": 1})
@@ -197,6 +198,8 @@ def _batch_files(d):
     jsonl("b_emptyopt.jsonl", {**ok, "options": ["left", " "]})
     jsonl("b_corrupt.jsonl", ok, {"video": "cut50.mp4", "question": Q})
     (d / "b_empty.jsonl").write_text("\n")
+    latin1 = json.dumps({**ok, "question": "Où?"}, ensure_ascii=False).encode("latin-1")
+    (d / "b_latin1.jsonl").write_bytes(latin1 + b"\n")
 
 
 Q = "Which direction does the square move?"
@@ -246,6 +249,12 @@ ANSWER = [
     ("batch options a string", ["--batch", "{w}/b_opts.jsonl"], "options must be a list"),
     ("batch empty option", ["--batch", "{w}/b_emptyopt.jsonl"], "must not be empty"),
     ("batch empty file", ["--batch", "{w}/b_empty.jsonl"], "no questions"),
+    ("batch file not UTF-8", ["--batch", "{w}/b_latin1.jsonl"], "not UTF-8"),
+    (
+        "batch answers over its own questions",
+        ["--batch", "{w}/b_empty.jsonl", "--out", "{w}/b_empty.jsonl"],
+        "questions file itself",
+    ),
     ("batch corrupt video", ["--batch", "{w}/b_corrupt.jsonl"], "cut50.mp4: not a readable video"),
     ("batch zero size", ["--batch", "{w}/b_noq.jsonl", "--batch-size", "0"], "--batch-size"),
     ("batch out is a folder", ["--batch", "{w}/b_corrupt.jsonl", "--out", "{w}/results"], "results"),
@@ -285,6 +294,8 @@ EVAL = [
     ("lvb choice", ["--benchmark", "longvideobench", "--annotations", "{w}/lvb_range.json"], "out of range"),
     ("mvbench empty folder", ["--benchmark", "mvbench", "--annotations", "{w}/mvb_empty"], "no MVBench"),
     ("duplicate ids", ["--benchmark", "synthetic", "--annotations", "{w}/dup_ids.jsonl"], "duplicate question id"),
+    ("a JSONL line not an object", ["--benchmark", "synthetic", "--annotations", "{w}/not_objects.jsonl"],
+     "not an object"),
     ("options a string", ["--benchmark", "synthetic", "--annotations", "{w}/opts_str.jsonl"], "options must be"),
     ("answer not a letter", ["--benchmark", "synthetic", "--annotations", "{w}/ans_bad.jsonl"], "option letters"),
     ("answer an int", ["--benchmark", "synthetic", "--annotations", "{w}/ans_int.jsonl"], "option letters"),

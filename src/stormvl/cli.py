@@ -157,8 +157,13 @@ def cmd_answer_batch(a):
     root = os.path.dirname(os.path.abspath(a.batch))
     if not os.path.isfile(a.batch):
         raise InputError(f"{a.batch}: no such file")
-    with open(a.batch) as f:
-        lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+    if a.out and os.path.exists(a.out) and os.path.samefile(a.out, a.batch):
+        raise InputError(f"--out {a.out}: is the questions file itself; write the answers elsewhere")
+    try:
+        with open(a.batch, encoding="utf-8") as f:
+            lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+    except UnicodeDecodeError as e:
+        raise InputError(f"{a.batch}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     for n, line in lines:
         where = f"{a.batch}:{n}"
         try:

@@ -33,8 +33,9 @@ def _load_rows(path: Path) -> list[dict]:
             return pd.read_parquet(path).to_dict("records")
         text = path.read_text(encoding="utf-8")
         if path.suffix == ".jsonl":
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
-        data = json.loads(text)
+            data = [json.loads(line) for line in text.splitlines() if line.strip()]
+        else:
+            data = json.loads(text)
     except ImportError:
         raise BenchmarkFormatError(
             f"{path}: reading parquet needs pandas and pyarrow (pip install pandas pyarrow)"

@@ -232,7 +232,7 @@ class StormForConditionalGeneration(StormPreTrainedModel):
         if (Path(path) / lora.ADAPTER_DIR).is_dir():
             try:
                 lora.load_adapter(model, path)
-            except (OSError, ValueError, KeyError) as e:
+            except (OSError, SafetensorError, ValueError, KeyError) as e:
                 raise ModelFolderError(f"{path}: cannot load its LoRA adapter ({first_line(e)})") from None
         return model
 

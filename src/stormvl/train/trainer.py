@@ -176,7 +176,13 @@ class Trainer:
         cfg.pop("output_dir")
         path = self.out / RUN_CONFIG
         if path.exists():
-            before = json.loads(path.read_text())
+            try:
+                before = json.loads(path.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                raise ConfigError(
+                    f"{path}: unreadable (cut short?); it records the run this folder holds: "
+                    "use a new output_dir, or remove the folder to start over"
+                ) from None
             changed = sorted(k for k in set(cfg) | set(before) if not _same_setting(cfg.get(k), before.get(k)))
             if changed:
                 raise ConfigError(
