@@ -51,6 +51,8 @@ def w(tmp_path_factory, audio_only_file_module):
     (d / "a_file").write_text(SENTINEL)
     (d / "results").mkdir()
     (d / "results" / "keep.txt").write_text(SENTINEL)
+    (d / "own_results").mkdir()  # the user's own results, by the names an eval run writes
+    (d / "own_results" / "summary.json").write_text(SENTINEL)
     return d
 
 
@@ -350,6 +352,7 @@ CASES = (
     + [("chat", *c) for c in CHAT]
     + [("serve", *c) for c in SERVE]
     + [("eval", c[0], [*c[1], "--out", "{w}/results", "--no-progress"], c[2]) for c in EVAL]
+    + [("eval", "output folder holds the user's own results", [*SPLIT, "--out", "{w}/own_results"], "no run.json")]
     + [("synth", c[0], [*c[1], "--out", "{w}/results"], c[2]) for c in SYNTH]
     + [("synth", "output is a file", ["--out", "{w}/a_file"], "not a folder")]
     + [("train", *c) for c in TRAIN]
@@ -370,6 +373,7 @@ def test_cli_bad_input(w, capsys, verb, case, argv, message):
     # Nothing a user wrote is lost or changed.
     assert (w / "a_file").read_text() == SENTINEL
     assert (w / "results" / "keep.txt").read_text() == SENTINEL
+    assert (w / "own_results" / "summary.json").read_text() == SENTINEL
 
 
 def test_python_api_raises_storm_errors(w):
@@ -404,6 +408,5 @@ def test_eval_will_not_mix_settings_in_one_folder_and_retries_skipped_questions(
     assert "nothing could be evaluated" in capsys.readouterr().err
     assert main([*base, "--frames", "8", "--videos", str(w / "split")]) == 2  # another setting, same folder
     assert "holds results of another setting (num_frames, visual_tokens differ)" in capsys.readouterr().err
-    (out / "run.json").unlink()  # the user starts that folder over on purpose
     assert main([*base, "--videos", str(w / "split")]) == 0  # the skipped questions run again
     assert json.loads((out / "summary.json").read_text())["answered"] == 4

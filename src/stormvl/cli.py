@@ -381,6 +381,7 @@ def cmd_fetch(a):
 
 def cmd_merge_lora(a):
     import shutil
+    import tempfile
 
     from .model_folder import check_model_folder
 
@@ -397,11 +398,16 @@ def cmd_merge_lora(a):
 
     model = StormForConditionalGeneration.from_folder(a.model)
     lora.merge(model)
-    tmp = a.out.rstrip("/") + ".partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    StormProcessor.from_pretrained(a.model, model.config).save_pretrained(tmp)
-    os.replace(tmp, a.out)
+    # A fresh folder of its own beside OUT: nothing of the user's is removed, and OUT appears whole.
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(a.out.rstrip("/")) + ".", suffix=".partial",
+                           dir=os.path.dirname(os.path.abspath(a.out)))  # fmt: skip
+    try:
+        model.save_pretrained(tmp)
+        StormProcessor.from_pretrained(a.model, model.config).save_pretrained(tmp)
+        os.replace(tmp, a.out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     print(f"merged {a.model}'s adapter into {a.out}", file=sys.stderr)
 
 

@@ -62,7 +62,11 @@ def test_lora_stage_trains_adapters_saves_loads_and_merges(tmp_path, split):  # 
     assert not torch.allclose(trained, plain, atol=1e-4)
     torch.testing.assert_close(_logits(final), trained)  # a second load gives identical logits
     # merge-lora: one plain folder, the same logits.
+    (tmp_path / "merged.partial").mkdir()  # the user's, by a name a temporary folder could have had
+    (tmp_path / "merged.partial" / "notes.txt").write_text("mine")
     assert main(["merge-lora", str(final), str(tmp_path / "merged")]) == 0
+    assert (tmp_path / "merged.partial" / "notes.txt").read_text() == "mine"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("merged.") and p.name != "merged.partial"]
     assert not (tmp_path / "merged" / "adapter").exists()
     torch.testing.assert_close(_logits(tmp_path / "merged"), trained, atol=1e-5, rtol=1e-5)
     assert main(["merge-lora", str(final), str(tmp_path / "merged")]) == 2  # never overwritten

@@ -56,6 +56,14 @@ def check_resume(out_dir, settings: dict) -> None:
                 "use a new --out folder"
             )
         return
+    # No run.json: a folder that already holds results by these names was not made by a run, and
+    # writing them would replace the user's own files.
+    theirs = [name for name in ("predictions.jsonl", "summary.json") if (out / name).exists()]
+    if theirs or any(out.glob("predictions.rank*.jsonl")):
+        raise InputError(
+            f"{out}: already holds {', '.join(theirs) or 'prediction shards'} but no run.json of an eval "
+            "run; use a new --out folder (nothing was changed)"
+        )
     _write_atomic(path, json.dumps(settings, indent=2) + "\n")
 
 
