@@ -21,6 +21,7 @@ from .processing import (
     StormProcessor,
     check_options,
     check_stride,
+    check_text,
     move_batch,
     parse_letter,
     question_body,
@@ -265,6 +266,7 @@ class StormPipeline:
         gen = []
         for i, r in enumerate(requests):
             check_options(r.options)
+            check_text(r.question, *(t for turn in r.history for t in turn), *(r.options or []))
             if r.options and self.config.choice_mode == "likelihood":
                 answers[i] = self._rank_options(r)
                 if on_text is not None:

@@ -35,6 +35,15 @@ def check_options(options: list[str] | None) -> None:
         raise InputError("options must not be empty")
 
 
+def check_text(*texts: str) -> None:
+    """Text a tokenizer can take: JSON (and undecodable argv) may carry lone UTF-16 surrogates."""
+    for t in texts:
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError("the text holds an unpaired UTF-16 surrogate (not valid Unicode)") from None
+
+
 def format_mc_question(question: str, options: list[str]) -> str:
     """The usual multiple-choice layout of the long-video benchmarks."""
     check_options(options)

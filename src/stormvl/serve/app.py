@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..errors import StormError, first_line
 from ..frame_plan import MAX_FRAMES
 from ..pipeline import StormPipeline
+from ..processing import check_text
 from .media import MediaError, MediaPolicy
 from .scheduler import Job, QueueFull, Scheduler
 
@@ -201,11 +202,10 @@ def parse_request(body, settings: ServeSettings, pipe: StormPipeline) -> ChatReq
     texts = [question, *(t for pair in history for t in pair), *(options or [])]
     if any(token in t for t in texts):
         raise ApiError(400, f"the text may not contain the model's video placeholder {token!r}", "messages")
-    for t in texts:  # JSON may carry lone surrogates (\ud800), which no tokenizer can encode
-        try:
-            t.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ApiError(400, "the text holds an unpaired UTF-16 surrogate (not valid Unicode)", "messages") from None
+    try:
+        check_text(*texts)
+    except StormError as e:
+        raise ApiError(400, first_line(e), "messages") from None
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise ApiError(400, f"stream must be true or false, got {stream!r}", "stream")

@@ -251,9 +251,9 @@ class Scheduler:
         batches took 58-71 ms with the LLM's prefill on every thread and 49-60 ms with the whole
         LLM stage on one (in-process), although that prefill alone runs 4.8 ms on two threads and
         6.8 on one; through the server, 1.02x the requests per second with 4 clients and 1.07x with
-        one (paired runs). Large prompt passes (SmolLM2-135M: 6 GFLOP at 30 tokens, 91 ms on two threads and 125 on
-        one) keep every thread. The prompt's text is estimated at 64 tokens plus 4 characters a
-        token of history."""
+        one (paired runs). Large prompt passes (SmolLM2-135M: 6 GFLOP at 30 tokens, 91 ms on two
+        threads and 125 on one) keep every thread. The prompt's text is estimated at 64 tokens plus
+        4 characters a token of history."""
         tokens = 0
         for r in requests:
             history = sum(len(q) + len(a) for q, a in r.history)
