@@ -160,7 +160,7 @@ def _annotations(d):
 
 def _train_configs(d):
     ann = str(d / "split" / "annotations.jsonl")
-    base = {"output_dir": str(d / "results"), "data": {"train": [ann], "num_frames": 8}, "stages": [{"steps": 1}]}
+    base = {"output_dir": str(d / "train_run"), "data": {"train": [ann], "num_frames": 8}, "stages": [{"steps": 1}]}
 
     def cfg(name, **over):
         c = json.loads(json.dumps(base))
@@ -183,6 +183,7 @@ def _train_configs(d):
     cfg("t_bad_ann.json", **{"data.train": [str(d / "ans_bad.jsonl")]})
     cfg("t_no_videos.json", **{"data.train": [str(d / "missing_video.jsonl")]})
     cfg("t_out_file.json", output_dir=str(d / "a_file"))
+    cfg("t_out_users.json", output_dir=str(d / "results"))  # a good config, but the folder holds keep.txt
     cfg("t_strategy.json", strategy="horovod")
     (d / "t_yaml.yaml").write_text("data: [unclosed\n")
     (d / "t_utf8.yaml").write_bytes(b"output_dir: caf\xe9\n")
@@ -333,6 +334,7 @@ TRAIN = [
     ("annotations malformed", ["{w}/t_bad_ann.json"], "option letters"),
     ("no video exists", ["{w}/t_no_videos.json"], "exist"),
     ("output is a file", ["{w}/t_out_file.json"], "is not a folder"),
+    ("output folder holds the user's files", ["{w}/t_out_users.json"], "no train_config.json of a stormvl train run"),
     ("unknown strategy", ["{w}/t_strategy.json"], "strategy must be"),
 ]
 

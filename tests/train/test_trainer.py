@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -193,3 +194,18 @@ def test_resuming_under_a_changed_config_is_refused(tmp_path, split):
     with pytest.raises(ConfigError, match=r"holds a run with another config \(stages differ\)"):
         train(load_train_config(_config(tmp_path, split, stages=changed)), progress=False)
     assert train(load_train_config(_config(tmp_path, split, stages=stages)), progress=False) is not None
+
+
+def test_a_finished_run_is_never_trained_again(tmp_path, split):
+    """Rerunning a finished run (its checkpoints kept or removed) leaves its model and log as they were."""
+    stages = [{"name": "sft", "steps": 2, "lr": 1e-3}]
+    final = train(load_train_config(_config(tmp_path, split, stages=stages)), progress=False)
+    (final / "notes.txt").write_text("mine")
+    log = (tmp_path / "run" / "log.jsonl").read_text()
+    weights = (final / "model.safetensors").read_bytes()
+    for keep_checkpoints in (True, False):
+        if not keep_checkpoints:
+            shutil.rmtree(tmp_path / "run" / "checkpoints")
+        assert train(load_train_config(_config(tmp_path, split, stages=stages)), progress=False) == final
+        assert (final / "notes.txt").read_text() == "mine" and (final / "model.safetensors").read_bytes() == weights
+        assert (tmp_path / "run" / "log.jsonl").read_text() == log

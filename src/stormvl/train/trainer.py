@@ -151,6 +151,8 @@ class Trainer:
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         self.progress = progress and self.rank == 0
         self.out = Path(cfg.output_dir)
+        if self.rank == 0:  # the other ranks could see rank 0's first files of this run
+            self._check_not_foreign()
         # Each stage reads its own files (stage.data) or data.train; a file list is read once.
         self._samples: dict[tuple, list] = {}
         for stage in cfg.stages:
@@ -168,6 +170,16 @@ class Trainer:
         self.model.to(self.device)
         self.datasets: dict[tuple, VideoQADataset] = {}
         self._frame_cache: dict = {}
+
+    def _check_not_foreign(self):
+        """A run writes log.jsonl and final/ into its output folder (and would replace them): an existing
+        folder with files in it must be a run's, found by the config it recorded. Checked before the
+        data is read, like eval's --out."""
+        if self.out.is_dir() and not (self.out / RUN_CONFIG).exists() and any(self.out.iterdir()):
+            raise ConfigError(
+                f"output_dir: {self.out} already holds files but no {RUN_CONFIG} of a stormvl train run; "
+                "use a new output_dir (nothing was changed)"
+            )
 
     def _check_same_run(self):
         """An output folder holds one run: resuming it under a changed config (other data, model or
@@ -304,6 +316,12 @@ class Trainer:
     def run(self, stop_after: int | None = None) -> Path | None:
         """Train all stages; `stop_after` global steps simulates an interruption (for tests)."""
         cfg = self.cfg
+        final = self.out / "final"
+        if final.is_dir():  # a finished run: training again would replace its model and log
+            if self.rank == 0:
+                print(f"{self.out}: this run has finished already, nothing to train (its model is {final}; "
+                      "use a new output_dir to train again)", flush=True)  # fmt: skip
+            return final
         state = None
         if self.resume_from is not None:
             state = load_trainer_state(self.resume_from / STATE_FILE)
