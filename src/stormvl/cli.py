@@ -432,6 +432,8 @@ def cmd_convert_data(a):
     from .data.formats import convert
     from .data.records import write_jsonl
 
+    if os.path.basename(a.output) in ("", ".", ".."):  # '' or 'dir/': no file name to write
+        raise InputError(f"output {a.output!r}: not a file name; name the JSONL file to write")
     if os.path.exists(a.output):
         raise InputError(f"{a.output} already exists; give a new file (nothing was changed)")
     _writable_dir(os.path.dirname(os.path.abspath(a.output)))

@@ -1,12 +1,14 @@
 """Conversion from the published video-instruction formats, each with every kind of bad record."""
 
 import json
+import os
 
 import pytest
 
 from stormvl.cli import main
 from stormvl.data.dataset import read_training_samples
 from stormvl.data.formats import convert
+from stormvl.data.records import write_atomic, write_jsonl
 
 
 @pytest.fixture
@@ -32,6 +34,7 @@ LLAVA_BAD = [
     (_llava(turns=[("gpt", "<image> q"), ("human", "x")]), "turn 0 is the assistant's"),
     (_llava(turns=[("human", "<image> q")]), "has 1 turns"),
     (_llava(turns=[("human", "<image> q"), ("robot", "x")]), "turn 1 is from 'robot'"),
+    (_llava(turns=[(["human"], "<image> q"), ("gpt", "x")]), "turn 0 is from ['human']"),
     (_llava(turns=[("human", "<image> q"), ("gpt", "")]), "turn 1's value must be a non-empty text"),
     (_llava(turns=[("human", "q"), ("gpt", "x"), ("human", "<image> q2"), ("gpt", "y")]), "first user turn"),
     ({"id": "r", "conversations": []}, "exactly one of 'video' or 'image'"),
@@ -92,6 +95,28 @@ def test_convert_data_cli_and_the_trainer_reads_the_result(media, capsys):
     (media / "bad.json").write_text(json.dumps([rows[1]]))
     assert main(["convert-data", "--from", "vila", str(media / "bad.json"), str(media / "o.jsonl")]) == 2
     assert not (media / "o.jsonl").exists()
+
+
+@pytest.mark.parametrize("output", ["", "sub/"])
+def test_convert_data_refuses_an_output_that_names_no_file_and_leaves_nothing(media, capsys, monkeypatch, output):
+    monkeypatch.chdir(media)
+    (media / "d.json").write_text(json.dumps([_llava()]))
+    before = sorted(os.listdir(media))
+    assert main(["convert-data", "--from", "llava-video", "d.json", output]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a file name" in err, err
+    assert sorted(os.listdir(media)) == before  # no temporary file left behind
+
+
+def test_a_failed_atomic_write_removes_its_temporary_file(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_text("old\n")
+    with pytest.raises(UnicodeEncodeError):
+        write_atomic(path, "new \ud800\n")  # a lone surrogate fails halfway through the write
+    assert path.read_text() == "old\n" and os.listdir(tmp_path) == ["a.jsonl"]
+    with pytest.raises(IsADirectoryError):  # the rename onto a folder fails
+        write_jsonl(tmp_path, [{"a": 1}])
+    assert not os.path.exists(f"{tmp_path}.tmp{os.getpid()}")
 
 
 def test_the_trainer_skips_bad_records_and_says_how_many(media):

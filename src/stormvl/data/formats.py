@@ -89,8 +89,9 @@ def _turns_from_llava(row) -> tuple[str, list[tuple[str, str]], bool]:
     roles = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
     turns = []
     for j, c in enumerate(conv):
-        if c.get("from") not in roles:
-            raise BadRecord(f"turn {j} is from {c.get('from')!r}, not human or gpt")
+        who = c.get("from")
+        if not isinstance(who, str) or who not in roles:  # a list or mapping cannot be looked up
+            raise BadRecord(f"turn {j} is from {who!r}, not human or gpt")
         turns.append((roles[c["from"]], _text(c.get("value"), f"turn {j}'s value")))
     return _text(media, f"'{media_keys[0]}'"), turns, media_keys[0] == "image"
 

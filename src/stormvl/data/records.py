@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import string
@@ -36,13 +37,22 @@ class MCRecord:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
-def write_jsonl(path, rows) -> None:
-    """Write atomically: the file appears complete or not at all."""
+def write_atomic(path, text: str) -> None:
+    """Write `text` (UTF-8) so the file appears complete or not at all: through a temporary file in
+    the same folder (a rename within one file system is atomic), which a failed write removes."""
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r.to_json() if hasattr(r, "to_json") else r) + "\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def write_jsonl(path, rows) -> None:
+    write_atomic(path, "".join(json.dumps(r.to_json() if hasattr(r, "to_json") else r) + "\n" for r in rows))
 
 
 def read_jsonl(path) -> list[dict]:

@@ -9,13 +9,12 @@ one (PyAV releases the GIL while decoding).
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ..data.records import MCRecord
+from ..data.records import MCRecord, write_atomic
 from ..errors import InputError, StormError, VideoError
 
 PRED_SHARD = "predictions.rank{rank}.jsonl"
@@ -64,7 +63,7 @@ def check_resume(out_dir, settings: dict) -> None:
             f"{out}: already holds {', '.join(theirs) or 'prediction shards'} but no run.json of an eval "
             "run; use a new --out folder (nothing was changed)"
         )
-    _write_atomic(path, json.dumps(settings, indent=2) + "\n")
+    write_atomic(path, json.dumps(settings, indent=2) + "\n")
 
 
 def resolve_video(rec: MCRecord, video_root) -> str:
@@ -228,15 +227,9 @@ def merge(out_dir, records: list[MCRecord], settings: dict) -> dict:
         "seconds_per_answer": round(sum(secs) / len(secs), 4) if secs else None,
         "settings": settings,
     }
-    _write_atomic(out / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in ordered))
-    _write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_atomic(out / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in ordered))
+    write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
-
-
-def _write_atomic(path: Path, text: str):
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def format_summary(summary: dict) -> str:
