@@ -20,20 +20,46 @@ from ..errors import InputError, StormError, VideoError
 PRED_SHARD = "predictions.rank{rank}.jsonl"
 
 
+def _is_row(row) -> bool:
+    """A row as `evaluate` writes it: an id and a status, and for an answered question what `merge` counts."""
+    if not isinstance(row, dict) or not isinstance(row.get("id"), str):
+        return False
+    if row.get("status") == "skipped":
+        return isinstance(row.get("error"), str)
+    return (
+        row.get("status") == "ok"
+        and isinstance(row.get("task_type"), str)
+        and isinstance(row.get("correct"), bool)
+        and isinstance(row.get("seconds"), (int, float))
+    )
+
+
+def _shard_rows(path: Path):
+    """A prediction shard's rows. A line cut off by an interruption is passed over (that sample runs
+    again); anything else that is not a row of ours is refused: guessing would score wrong."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise InputError(
+            f"{path}: not UTF-8 text ({e.reason} at byte {e.start}), so not a prediction shard of an eval run; "
+            "use a new --out folder (nothing was changed)"
+        ) from None
+    for n, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if not _is_row(row):
+            raise InputError(
+                f"{path}:{n}: not a prediction row of an eval run; use a new --out folder (nothing was changed)"
+            )
+        yield row
+
+
 def _done_ids(out: Path) -> set[str]:
     """Questions answered by an earlier run. Skipped ones run again (their video may be there now);
     `merge` keeps the last row per id."""
-    done = set()
-    for p in out.glob("predictions.rank*.jsonl"):
-        with open(p) as f:
-            for line in f:
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut off by an interruption: that sample runs again
-                if isinstance(row, dict) and row.get("status") == "ok" and "id" in row:
-                    done.add(row["id"])
-    return done
+    return {r["id"] for p in out.glob("predictions.rank*.jsonl") for r in _shard_rows(p) if r["status"] == "ok"}
 
 
 def check_resume(out_dir, settings: dict) -> None:
@@ -45,14 +71,15 @@ def check_resume(out_dir, settings: dict) -> None:
     path = out / "run.json"
     if path.exists():
         try:
-            before = json.loads(path.read_text())
-        except json.JSONDecodeError:
+            before = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
             before = None
         if before != settings:
-            changed = sorted(k for k in settings if not isinstance(before, dict) or before.get(k) != settings[k])
+            if not isinstance(before, dict):
+                raise InputError(f"{path}: unreadable, so the results here are of an unknown setting; use a new --out")
+            changed = sorted(k for k in {*settings, *before} if before.get(k) != settings.get(k))
             raise InputError(
-                f"{out}: holds results of another setting ({', '.join(changed) or 'run.json unreadable'} differ); "
-                "use a new --out folder"
+                f"{out}: holds results of another setting ({', '.join(changed)} differ); use a new --out folder"
             )
         return
     # No run.json: a folder that already holds results by these names was not made by a run, and
@@ -192,13 +219,8 @@ def merge(out_dir, records: list[MCRecord], settings: dict) -> dict:
     out = Path(out_dir)
     rows = {}
     for p in sorted(out.glob("predictions.rank*.jsonl")):
-        with open(p) as f:
-            for line in f:
-                try:
-                    r = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                rows[r["id"]] = r
+        for r in _shard_rows(p):
+            rows[r["id"]] = r
     ordered = [rows[r.id] for r in records if r.id in rows]
     per_task = defaultdict(lambda: [0, 0])
     skipped = 0
