@@ -53,6 +53,8 @@ def w(tmp_path_factory, audio_only_file_module):
     (d / "results" / "keep.txt").write_text(SENTINEL)
     (d / "own_results").mkdir()  # the user's own results, by the names an eval run writes
     (d / "own_results" / "summary.json").write_text(SENTINEL)
+    (d / "own_split").mkdir()  # the user's own annotations, by the name synth writes
+    (d / "own_split" / "annotations.jsonl").write_text(SENTINEL)
     return d
 
 
@@ -357,6 +359,7 @@ CASES = (
     + [("eval", "output folder holds the user's own results", [*SPLIT, "--out", "{w}/own_results"], "no run.json")]
     + [("synth", c[0], [*c[1], "--out", "{w}/results"], c[2]) for c in SYNTH]
     + [("synth", "output is a file", ["--out", "{w}/a_file"], "not a folder")]
+    + [("synth", "output folder holds the user's annotations", ["--out", "{w}/own_split"], "no synth.json")]
     + [("train", *c) for c in TRAIN]
     + [("bench", c[0], [*c[1], "--out", "{w}/results"], c[2]) for c in BENCH]
     + [("bench", "output is a file", ["--size", "tiny", "--out", "{w}/a_file"], "not a folder")]
@@ -376,6 +379,7 @@ def test_cli_bad_input(w, capsys, verb, case, argv, message):
     assert (w / "a_file").read_text() == SENTINEL
     assert (w / "results" / "keep.txt").read_text() == SENTINEL
     assert (w / "own_results" / "summary.json").read_text() == SENTINEL
+    assert (w / "own_split" / "annotations.jsonl").read_text() == SENTINEL
 
 
 def test_python_api_raises_storm_errors(w):

@@ -456,7 +456,8 @@ def cmd_synth(a):
     tasks = a.tasks.split(",") if a.tasks else TASKS
     _check_counts(a, num=(1, None), frames=(8, 4096), workers=(1, 256))
     _writable_dir(a.out)
-    recs = generate_split(a.out, a.num, a.frames, a.seed, tasks=tasks, progress=True, workers=a.workers)
+    recs = generate_split(a.out, a.num, a.frames, a.seed, tasks=tasks, progress=True, workers=a.workers,
+                          overwrite=False)  # fmt: skip
     print(f"wrote {len(recs)} samples to {a.out}/annotations.jsonl", file=sys.stderr)
 
 
@@ -723,7 +724,10 @@ def build_parser():
     s.set_defaults(fn=cmd_convert_data)
 
     s = sub.add_parser("synth", help="write a synthetic temporal video-QA split")
-    s.add_argument("--out", required=True)
+    s.add_argument(
+        "--out", required=True,
+        help="the split's folder; a rerun with the same settings resumes it, other settings are refused",
+    )  # fmt: skip
     s.add_argument("--num", type=int, default=500)
     s.add_argument("--frames", type=int, default=16)
     s.add_argument("--seed", type=int, default=0)

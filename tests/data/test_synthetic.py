@@ -101,6 +101,23 @@ def test_rerun_with_other_settings_never_reuses_a_mismatched_clip(tmp_path):
     assert all(probe(tmp_path / r.video).num_frames == 16 for r in b)
 
 
+def test_synth_cli_resumes_its_own_split_and_refuses_to_replace_another(tmp_path, capsys):
+    from stormvl.cli import main
+
+    out = tmp_path / "s"
+    argv = ["synth", "--out", str(out), "--num", "2", "--frames", "8"]
+    assert main(argv) == 0
+    first = (out / "annotations.jsonl").read_bytes()
+    (out / "annotations.jsonl").unlink()  # as if interrupted before the last file
+    assert main(argv) == 0  # the same settings again: that split, completed
+    assert (out / "annotations.jsonl").read_bytes() == first
+    capsys.readouterr()
+    assert main([*argv, "--seed", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds a split of other settings (seed differ" in err, err
+    assert (out / "annotations.jsonl").read_bytes() == first
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_when_clips_show_the_shape_from_the_answered_second(seed):
     from stormvl.data.synthetic import FPS, WHEN_LENGTHS, option_seconds

@@ -17,13 +17,14 @@ Everything is drawn from `random.Random(seed)`, so a split is reproducible from 
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError
-from .records import MCRecord, write_jsonl
+from .records import MCRecord, write_atomic, write_jsonl
 
 COLORS = {
     "red": (230, 40, 40),
@@ -42,6 +43,7 @@ TASKS = ["direction", "order", "count", "state", "recall"]
 EXTRA_TASKS = ["when"]
 WHEN_LENGTHS = (1, 2, 3, 4)  # a "when" clip has this many times the split's frame count
 WHEN_EIGHTHS = range(1, 8)  # the shape appears this many eighths into the clip
+SPLIT_SETTINGS = "synth.json"  # what a split was generated with, beside its annotations
 SIZE = 64
 BG = (16, 16, 24)
 FPS = 8
@@ -229,6 +231,27 @@ def vocabulary() -> list[str]:
     return sorted(words), texts
 
 
+def _check_same_split(out: Path, settings: dict) -> None:
+    theirs = [name for name in ("annotations.jsonl", "captions.jsonl") if (out / name).exists()]
+    if not theirs:
+        return
+    try:
+        before = json.loads((out / SPLIT_SETTINGS).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(
+            f"{out}: already holds {', '.join(theirs)} but no {SPLIT_SETTINGS} of a synth run; "
+            "use a new --out folder (nothing was changed)"
+        ) from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        before = {}
+    if before != settings:
+        changed = sorted(k for k in settings if not isinstance(before, dict) or before.get(k) != settings[k])
+        raise InputError(
+            f"{out}: holds a split of other settings ({', '.join(changed)} differ; see {SPLIT_SETTINGS}); "
+            "use a new --out folder (nothing was changed)"
+        )
+
+
 def generate_split(
     out_dir,
     num: int,
@@ -238,12 +261,16 @@ def generate_split(
     write_videos: bool = True,
     progress: bool = False,
     workers: int = 1,
+    overwrite: bool = True,
 ) -> list[MCRecord]:
     """Write `num` samples into `out_dir`: videos/*.mp4, annotations.jsonl (multiple-choice
     records) and captions.jsonl (LLaVA-style "describe the video" conversations, the perception
     data of the alignment stage). Tasks cycle so every type gets an equal share. Existing complete
     videos are kept (reruns resume). With `workers` > 1, that many processes encode the videos
-    (most of the time); the clips are drawn here, in order, so the split is the same."""
+    (most of the time); the clips are drawn here, in order, so the split is the same. With
+    `overwrite` False (the CLI's), annotations already in `out_dir` are replaced only by a rerun of
+    the settings recorded beside them in synth.json (which writes the same records); anything else
+    is refused before any work."""
     from concurrent.futures import ProcessPoolExecutor
 
     from ..video import write_video
@@ -254,6 +281,9 @@ def generate_split(
     if bad:
         raise InputError(f"unknown task type(s) {bad}; choose from {TASKS + EXTRA_TASKS}")
     out = Path(out_dir)
+    settings = {"num": num, "frames": frames, "seed": seed, "tasks": list(tasks)}
+    if not overwrite:
+        _check_same_split(out, settings)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     tag = hashlib.sha1(f"{frames}|{','.join(tasks)}".encode()).hexdigest()[:8]
@@ -298,6 +328,7 @@ def generate_split(
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
+    write_atomic(out / SPLIT_SETTINGS, json.dumps(settings, indent=2) + "\n")  # first: it vouches for the others
     write_jsonl(out / "annotations.jsonl", records)
     write_jsonl(
         out / "captions.jsonl",
