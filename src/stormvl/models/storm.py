@@ -15,7 +15,7 @@ from ..errors import InputError, ModelFolderError, StormError, first_line
 from . import lora
 from .temporal_encoder import TemporalEncoder
 from .token_reduction import reduce_tokens
-from .vision import Projector, cut_vision_tower, pixel_shuffle
+from .vision import Projector, cut_vision_tower, pixel_shuffle, use_fast_gelu
 
 
 class StormPreTrainedModel(PreTrainedModel):
@@ -42,6 +42,7 @@ class StormForConditionalGeneration(StormPreTrainedModel):
         self.vision_tower = AutoModel.from_config(config.vision_config)
         if config.vision_feature_layer is not None:
             cut_vision_tower(self.vision_tower, config.vision_feature_layer)
+        use_fast_gelu(self.vision_tower)
         d = config.text_config.hidden_size
         self.projector = Projector(config.vision_config.hidden_size * config.downsample**2, d, config.projector_type)
         self.temporal_encoder = None

@@ -4,6 +4,8 @@ model.)"""
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -40,6 +42,36 @@ def cut_vision_tower(tower: nn.Module, layer: int) -> None:
         raise ConfigError(f"vision_feature_layer {layer} is out of range for a tower of {len(layers)} layers")
     body.encoder.layers = layers[: layer % states]
     body.post_layernorm = nn.Identity()
+
+
+class TanhGELU(nn.Module):
+    """GELU's tanh approximation, the activation of SigLIP towers (transformers' "gelu_pytorch_tanh"),
+    at inference on CPU as x * sigmoid(2z), which equals 0.5 x (1 + tanh z) for z = sqrt(2/pi)
+    (x + 0.044715 x^3): the same function, in four in-place passes. PyTorch's CPU kernel for it is
+    slow: on a (32, 64, 256) tensor (two threads) 516 us against 312 us for these passes and 92 us
+    for the exact GELU, which made it 11% of the embedded tower's time. Training and other devices
+    keep PyTorch's kernel (in-place steps have no gradient; GPUs fuse it)."""
+
+    SCALE = 2 * math.sqrt(2 / math.pi)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or (torch.is_grad_enabled() and x.requires_grad):
+            return F.gelu(x, approximate="tanh")
+        y = x * x
+        y.mul_(0.044715 * self.SCALE).add_(self.SCALE).mul_(x)  # 2z
+        return y.sigmoid_().mul_(x)
+
+
+def use_fast_gelu(module: nn.Module) -> None:
+    """Swap transformers' tanh-GELU modules inside `module` for `TanhGELU`, in place. They hold no
+    weights, so saved folders do not change."""
+    from transformers.activations import ACT2CLS
+
+    slow = ACT2CLS["gelu_pytorch_tanh"]
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is slow:
+                setattr(parent, name, TanhGELU())
 
 
 class Projector(nn.Module):
