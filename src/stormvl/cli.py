@@ -610,8 +610,10 @@ def cmd_bench(a):
         "torch": torch.__version__,
         "video": a.video,
     }
-    table, plotted = write_outputs(rows, a.out, meta)
+    table, plotted, kept = write_outputs(rows, a.out, meta)
     print(table)
+    if kept:
+        print(f"the earlier run's results are now in {kept}", file=sys.stderr)
     print(
         f"wrote {a.out}/bench.json, bench.md" + (", bench.png" if plotted else " (install matplotlib for the plot)"),
         file=sys.stderr,
@@ -770,7 +772,11 @@ def build_parser():
         "--max-seconds", type=float, default=120.0,
         help="skip a setting whose pass would take longer, judged from its previous frame count (default 120)",
     )  # fmt: skip
-    s.add_argument("--out", default="bench")
+    s.add_argument(
+        "--out", default="bench",
+        help="folder for bench.json, bench.md and bench.png (default bench); a rerun moves the earlier run's "
+        "into OUT/previous/TIME/",
+    )  # fmt: skip
     s.set_defaults(fn=cmd_bench)
     return p
 

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import time
+
+from ..data.records import write_atomic
+
+OUTPUTS = ("bench.json", "bench.md", "bench.png")
 
 
 def format_table(rows) -> str:
@@ -60,14 +65,31 @@ def plot(rows, path):
     return True
 
 
+def keep_earlier(out_dir) -> str | None:
+    """Move an earlier run's outputs in `out_dir` to previous/<when they were written>/, so a rerun
+    into the same folder (the default one) replaces nothing. Returns that folder, if any."""
+    names = [n for n in OUTPUTS if os.path.exists(os.path.join(out_dir, n))]
+    if not names:
+        return None
+    when = max(os.path.getmtime(os.path.join(out_dir, n)) for n in names)
+    base = os.path.join(out_dir, "previous", time.strftime("%Y%m%d-%H%M%S", time.localtime(when)))
+    dest, k = base, 1
+    while os.path.exists(dest):
+        dest, k = f"{base}-{k}", k + 1
+    os.makedirs(dest)
+    for n in names:
+        os.replace(os.path.join(out_dir, n), os.path.join(dest, n))
+    return dest
+
+
 def write_outputs(rows, out_dir, meta: dict):
+    """bench.json, bench.md and bench.png (with matplotlib), each written whole or not at all, an
+    earlier run's moved aside first. Returns the table, whether it plotted, and where the earlier
+    outputs went (None: there were none)."""
     os.makedirs(out_dir, exist_ok=True)
-    tmp = os.path.join(out_dir, f".bench.json.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=2)
-    os.replace(tmp, os.path.join(out_dir, "bench.json"))
+    kept = keep_earlier(out_dir)
+    write_atomic(os.path.join(out_dir, "bench.json"), json.dumps({"meta": meta, "rows": rows}, indent=2))
     table = format_table(rows)
-    with open(os.path.join(out_dir, "bench.md"), "w") as f:
-        f.write(table + "\n")
+    write_atomic(os.path.join(out_dir, "bench.md"), table + "\n")
     plotted = plot(rows, os.path.join(out_dir, "bench.png"))
-    return table, plotted
+    return table, plotted, kept
