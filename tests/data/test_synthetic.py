@@ -1,5 +1,10 @@
 import json
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -72,6 +77,44 @@ def test_worker_processes_write_the_same_split(tmp_path):
     for r in one:
         assert (tmp_path / "one" / r.video).read_bytes() == (tmp_path / "two" / r.video).read_bytes()
     assert (tmp_path / "one" / "captions.jsonl").read_text() == (tmp_path / "two" / "captions.jsonl").read_text()
+
+
+def _stat(pid) -> tuple[str, int] | None:
+    """A process's state and parent pid, from /proc (Linux); None once it is gone."""
+    try:
+        state, ppid = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[:2]
+    except OSError:
+        return None
+    return state, int(ppid)
+
+
+def _running(pid) -> bool:
+    st = _stat(pid)
+    return st is not None and st[0] != "Z"  # a zombie has exited; only its exit status waits
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
+def test_synth_workers_die_with_a_killed_parent(tmp_path):
+    argv = [sys.executable, "-m", "stormvl.cli", "synth", "--out", str(tmp_path), "--num", "400", "--frames", "64",
+            "--workers", "2"]  # fmt: skip
+    parent = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        workers = []
+        while len(workers) < 2 and time.time() < deadline:
+            time.sleep(0.05)
+            workers = [int(d) for d in os.listdir("/proc") if d.isdigit() and (_stat(d) or ("", 0))[1] == parent.pid]
+        assert len(workers) >= 2
+    finally:
+        parent.kill()  # SIGKILL: none of its own cleanup runs
+        parent.wait()
+    deadline = time.time() + 5
+    while any(map(_running, workers)) and time.time() < deadline:
+        time.sleep(0.05)
+    orphans = [w for w in workers if _running(w)]
+    for w in orphans:  # cleaned up before the test fails
+        os.kill(w, signal.SIGKILL)
+    assert not orphans, "synth's worker processes outlived their killed parent"
 
 
 def test_captions_describe_the_ground_truth(tmp_path):

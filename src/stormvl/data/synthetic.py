@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
+import signal
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -231,6 +234,22 @@ def vocabulary() -> list[str]:
     return sorted(words), texts
 
 
+def _die_with_parent(parent: int) -> None:
+    """Pool initializer: on Linux a worker is killed when the process that started it dies, even by
+    SIGKILL (which runs no cleanup), instead of encoding on as an orphan. A no-op elsewhere."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    # Tied to the process that forked this one: `parent` itself, or (forkserver) a server that ends with it.
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    try:
+        os.kill(parent, 0)  # it may have died before the call above
+    except ProcessLookupError:
+        os._exit(1)
+
+
 def _check_same_split(out: Path, settings: dict) -> None:
     theirs = [name for name in ("annotations.jsonl", "captions.jsonl") if (out / name).exists()]
     if not theirs:
@@ -293,7 +312,9 @@ def generate_split(
         from tqdm import tqdm
 
         it = tqdm(it, desc="synth", unit="video")
-    pool = ProcessPoolExecutor(workers) if workers > 1 and write_videos else None
+    pool = None
+    if workers > 1 and write_videos:
+        pool = ProcessPoolExecutor(workers, initializer=_die_with_parent, initargs=(os.getpid(),))
     pending = []  # encodings in flight, bounded so drawn frames do not pile up in memory
     try:
         for i in it:
