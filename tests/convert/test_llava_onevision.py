@@ -203,14 +203,17 @@ def test_temporal_sampling_and_pooling_apply_at_once(folders):
         assert sampled.config.tokens_per_video(8) == 4 * POOLED + 1
         feats = sampled.get_video_features(pixel)[0]
         want = source.model.get_video_features(pixel[:, ::2]).pooler_output[0]
-        assert feats.shape == want.shape and torch.allclose(feats, want, atol=1e-5)
+        # Float32 rounding, scaled to the features (up to ~50 here): stormvl computes the tower's
+        # tanh-GELU in other steps than PyTorch's kernel (`vision.TanhGELU`), equal up to rounding.
+        tol = 1e-6 * want.abs().max()
+        assert feats.shape == want.shape and torch.allclose(feats, want, rtol=0, atol=tol)
         # Pooling 2 and sampling 2 together: 8 -> 4 -> 2 frames, each the mean of two encoded frames.
         both = StormForConditionalGeneration.from_folder(dst, temporal_pool=2, temporal_sample=2)
         assert both.config.tokens_per_video(8) == 2 * POOLED + 1
         feats = both.get_video_features(pixel)[0]
         pooled = per_frame.reshape(4, 2, POOLED, -1).mean(1)[::2].reshape(-1, per_frame.shape[-1])
         assert feats.shape == (2 * POOLED + 1, per_frame.shape[-1])
-        assert torch.allclose(feats[:-1], pooled, atol=1e-5) and torch.equal(feats[-1], both.video_newline)
+        assert torch.allclose(feats[:-1], pooled, rtol=0, atol=tol) and torch.equal(feats[-1], both.video_newline)
     # The processor sizes the prompt for the same count, and the model accepts it.
     pipe = stormvl.load(dst)
     pipe.config.with_overrides({"temporal_pool": 2})
