@@ -341,8 +341,10 @@ def cmd_serve(a):
             f"stormvl serve needs the serve extra ({e.name} is missing): pip install 'stormvl[serve]'"
         ) from None
     _quiet_transformers()
+    from .allocator import keep_freed_memory
     from .pipeline import load
 
+    keep_freed_memory()  # the server's own process: see allocator.py
     pipe = load(a.model, device=a.device)
     name = a.served_model_name or ("stormvl-default" if a.model is None else os.path.basename(os.path.abspath(a.model)))
     settings = ServeSettings(
