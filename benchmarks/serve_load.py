@@ -4,7 +4,10 @@ request decodes and encodes its own video), then a conversation run (first quest
 follow-up about the same video) and a mixed run where a quarter of the requests are bad.
 
     python benchmarks/serve_load.py [--requests 20] [--clients 1 4 16] [--rounds 5]
-                                    [--out runs/serve_load]
+                                    [--model DIR] [--max-tokens N] [--out runs/serve_load]
+
+`--model` serves a saved STORM folder instead of the embedded model; `--max-tokens` caps every
+reply (an untrained model's replies run to the cap, so all client counts generate alike).
 
 Reports requests per second (the median of the rounds), p50/p95/p99 latency and time to first
 token over all rounds, errors, and the server's peak memory (VmHWM). Bounded: it stops by itself
@@ -24,6 +27,7 @@ from stormvl.testing import start_server
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTIONS = ["What happens in the video?", "Which direction does the red square move?"]
+MODEL = {"name": "stormvl-default", "max_tokens": None}  # what every request sends, set by main()
 
 
 def make_clips(out: Path, n: int, frames: int = 16, seed: int = 0) -> list[Path]:
@@ -59,7 +63,9 @@ def one_request(client, msgs, **extra):
     per-chunk parsing would be measured as server time (the tests use the openai client)."""
     import httpx
 
-    body = {"model": "stormvl-default", "messages": msgs, "stream": True, **extra}
+    body = {"model": MODEL["name"], "messages": msgs, "stream": True, **extra}
+    if MODEL["max_tokens"]:
+        body["max_tokens"] = MODEL["max_tokens"]
     t0 = time.perf_counter()
     first = None
     try:
@@ -157,12 +163,13 @@ def conversation_run(url, clips, frames):
     for clip in clips:
         msgs = messages(data_url(clip), QUESTIONS[0], num_frames=frames)
         t = time.perf_counter()
-        r = client.chat.completions.create(model="stormvl-default", messages=msgs)
+        cap = {"max_tokens": MODEL["max_tokens"]} if MODEL["max_tokens"] else {}
+        r = client.chat.completions.create(model=MODEL["name"], messages=msgs, **cap)
         firsts.append(time.perf_counter() - t)
         msgs += [{"role": "assistant", "content": r.choices[0].message.content},
                  {"role": "user", "content": QUESTIONS[1]}]  # fmt: skip
         t = time.perf_counter()
-        client.chat.completions.create(model="stormvl-default", messages=msgs)
+        client.chat.completions.create(model=MODEL["name"], messages=msgs, **cap)
         follows.append(time.perf_counter() - t)
     return statistics.median(firsts), statistics.median(follows)
 
@@ -179,8 +186,11 @@ def main():
     ap.add_argument("--requests", type=int, default=20, help="requests per client")
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--rounds", type=int, default=5, help="times the 1/4/16-client runs go round")
+    ap.add_argument("--model", help="a saved STORM model folder (default: the embedded model)")
+    ap.add_argument("--max-tokens", type=int, help="cap on every reply's tokens (default: the server's)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "serve_load"))
     a = ap.parse_args()
+    MODEL["max_tokens"] = a.max_tokens
     import httpx
 
     out = Path(a.out)
@@ -189,7 +199,9 @@ def main():
     allowed = out / "allowed"
     allowed.mkdir(parents=True, exist_ok=True)
     (out / "secret.mp4").write_bytes(clips[0].read_bytes())
-    proc, url = start_server("--allowed-local-media-path", allowed, "--max-frames", "64", "--max-queue", "256")
+    model = ["--model", a.model, "--served-model-name", "bench"] if a.model else []
+    proc, url = start_server("--allowed-local-media-path", allowed, "--max-frames", "64", "--max-queue", "256", *model)
+    MODEL["name"] = "bench" if a.model else "stormvl-default"
     rows, offset = {}, 0
     try:
         # Warm-up (spare clips): the first call pays for lazy initialisation, and the first batches
