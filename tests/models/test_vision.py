@@ -22,6 +22,9 @@ def test_tanh_gelu_equals_pytorch_tanh_approximation():
         x32 = torch.randn(32, 64, 256) * 3
         assert torch.allclose(TanhGELU()(x32), torch.nn.functional.gelu(x32, approximate="tanh"), atol=2e-6, rtol=0)
         assert not torch.equal(TanhGELU()(x), torch.nn.functional.gelu(x))  # not the exact GELU
+        for half in (torch.bfloat16, torch.float16):  # PyTorch's kernel rounds once: it stays
+            h = x32.to(half)
+            assert torch.equal(TanhGELU()(h), torch.nn.functional.gelu(h, approximate="tanh"))
     # With gradients it is PyTorch's own op, so its backward is too.
     g = x.clone().requires_grad_()
     TanhGELU()(g).sum().backward()
