@@ -51,6 +51,8 @@ def w(tmp_path_factory, audio_only_file_module):
     (d / "a_file").write_text(SENTINEL)
     (d / "results").mkdir()
     (d / "results" / "keep.txt").write_text(SENTINEL)
+    (d / "own_run").mkdir()  # the user's own log, by the name a train run writes
+    (d / "own_run" / "log.jsonl").write_text(SENTINEL)
     (d / "own_results").mkdir()  # the user's own results, by the names an eval run writes
     (d / "own_results" / "summary.json").write_text(SENTINEL)
     (d / "own_split").mkdir()  # the user's own annotations, by the name synth writes
@@ -185,7 +187,7 @@ def _train_configs(d):
     cfg("t_bad_ann.json", **{"data.train": [str(d / "ans_bad.jsonl")]})
     cfg("t_no_videos.json", **{"data.train": [str(d / "missing_video.jsonl")]})
     cfg("t_out_file.json", output_dir=str(d / "a_file"))
-    cfg("t_out_users.json", output_dir=str(d / "results"))  # a good config, but the folder holds keep.txt
+    cfg("t_out_users.json", output_dir=str(d / "own_run"))  # a good config, but the folder holds a log.jsonl
     cfg("t_strategy.json", strategy="horovod")
     (d / "t_yaml.yaml").write_text("data: [unclosed\n")
     (d / "t_utf8.yaml").write_bytes(b"output_dir: caf\xe9\n")
@@ -336,7 +338,7 @@ TRAIN = [
     ("annotations malformed", ["{w}/t_bad_ann.json"], "option letters"),
     ("no video exists", ["{w}/t_no_videos.json"], "exist"),
     ("output is a file", ["{w}/t_out_file.json"], "is not a folder"),
-    ("output folder holds the user's files", ["{w}/t_out_users.json"], "no train_config.json of a stormvl train run"),
+    ("output folder holds the user's log", ["{w}/t_out_users.json"], "no train_config.json of a stormvl train run"),
     ("unknown strategy", ["{w}/t_strategy.json"], "strategy must be"),
 ]
 
@@ -378,6 +380,7 @@ def test_cli_bad_input(w, capsys, verb, case, argv, message):
     # Nothing a user wrote is lost or changed.
     assert (w / "a_file").read_text() == SENTINEL
     assert (w / "results" / "keep.txt").read_text() == SENTINEL
+    assert (w / "own_run" / "log.jsonl").read_text() == SENTINEL
     assert (w / "own_results" / "summary.json").read_text() == SENTINEL
     assert (w / "own_split" / "annotations.jsonl").read_text() == SENTINEL
 

@@ -473,8 +473,9 @@ def cmd_train(a):
     _quiet_transformers()
     from .train.trainer import train
 
+    finished = os.path.isdir(os.path.join(cfg.output_dir, "final"))  # then the trainer says so and trains nothing
     final = train(cfg)
-    if final is not None and int(os.environ.get("RANK", "0")) == 0:
+    if final is not None and not finished and int(os.environ.get("RANK", "0")) == 0:
         print(f"model written to {final}", file=sys.stderr)
 
 

@@ -196,6 +196,19 @@ def test_resuming_under_a_changed_config_is_refused(tmp_path, split):
     assert train(load_train_config(_config(tmp_path, split, stages=stages)), progress=False) is not None
 
 
+def test_an_output_dir_holding_its_own_config_and_notes_trains(tmp_path, split):
+    """Only the names a run writes mark a folder as taken: a config kept in its own output folder
+    (with the user's notes) is the user's, trained beside and left alone."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "config.yaml").write_text("kept")
+    final = train(load_train_config(_config(tmp_path, split, stages=[{"name": "sft", "steps": 1, "lr": 1e-3}])),
+                  progress=False)  # fmt: skip
+    assert final == out / "final" and (final / "model.safetensors").is_file()
+    assert (out / "notes.txt").read_text() == "mine" and (out / "config.yaml").read_text() == "kept"
+
+
 def test_a_finished_run_is_never_trained_again(tmp_path, split):
     """Rerunning a finished run (its checkpoints kept or removed) leaves its model and log as they were."""
     stages = [{"name": "sft", "steps": 2, "lr": 1e-3}]
@@ -209,3 +222,13 @@ def test_a_finished_run_is_never_trained_again(tmp_path, split):
         assert train(load_train_config(_config(tmp_path, split, stages=stages)), progress=False) == final
         assert (final / "notes.txt").read_text() == "mine" and (final / "model.safetensors").read_bytes() == weights
         assert (tmp_path / "run" / "log.jsonl").read_text() == log
+
+
+def test_a_finished_run_reads_no_data(tmp_path):
+    """Rerunning a finished run whose videos have moved since says it has finished: nothing is read."""
+    split = tmp_path / "split"
+    generate_split(split, 4, frames=8, seed=6)
+    cfg = _config(tmp_path, split, stages=[{"name": "sft", "steps": 1, "lr": 1e-3}])
+    final = train(load_train_config(cfg), progress=False)
+    shutil.move(split / "videos", tmp_path / "moved")
+    assert train(load_train_config(cfg), progress=False) == final

@@ -151,8 +151,13 @@ class Trainer:
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         self.progress = progress and self.rank == 0
         self.out = Path(cfg.output_dir)
-        if self.rank == 0:  # the other ranks could see rank 0's first files of this run
-            self._check_not_foreign()
+        # Every rank checks (and refuses) alike: rank 0 records the config before it writes anything
+        # else, so a rank that sees this run's own files also sees its config.
+        self._check_not_foreign()
+        self.finished = (self.out / "final").is_dir()
+        if self.finished:  # nothing to train: neither the data nor the model is read
+            self._check_same_run()
+            return
         # Each stage reads its own files (stage.data) or data.train; a file list is read once.
         self._samples: dict[tuple, list] = {}
         for stage in cfg.stages:
@@ -172,14 +177,18 @@ class Trainer:
         self._frame_cache: dict = {}
 
     def _check_not_foreign(self):
-        """A run writes log.jsonl and final/ into its output folder (and would replace them): an existing
-        folder with files in it must be a run's, found by the config it recorded. Checked before the
-        data is read, like eval's --out."""
-        if self.out.is_dir() and not (self.out / RUN_CONFIG).exists() and any(self.out.iterdir()):
-            raise ConfigError(
-                f"output_dir: {self.out} already holds files but no {RUN_CONFIG} of a stormvl train run; "
-                "use a new output_dir (nothing was changed)"
-            )
+        """A run writes log.jsonl, checkpoints/ and final/ into its output folder (and would replace
+        them): where those names exist, the folder must hold a run, found by the config it recorded.
+        Other files (the run's YAML, notes) are the user's and stay. Checked before the data is read,
+        like eval's --out."""
+        ours = ("log.jsonl", CKPT_DIR, "final", "final.tmp")
+        if self.out.is_dir() and not (self.out / RUN_CONFIG).exists():
+            taken = sorted(n for n in ours if (self.out / n).exists())
+            if taken:
+                raise ConfigError(
+                    f"output_dir: {self.out} already holds {', '.join(taken)} but no {RUN_CONFIG} of a stormvl "
+                    "train run; use a new output_dir (nothing was changed)"
+                )
 
     def _check_same_run(self):
         """An output folder holds one run: resuming it under a changed config (other data, model or
@@ -317,7 +326,7 @@ class Trainer:
         """Train all stages; `stop_after` global steps simulates an interruption (for tests)."""
         cfg = self.cfg
         final = self.out / "final"
-        if final.is_dir():  # a finished run: training again would replace its model and log
+        if self.finished:  # training again would replace its model and log
             if self.rank == 0:
                 print(f"{self.out}: this run has finished already, nothing to train (its model is {final}; "
                       "use a new output_dir to train again)", flush=True)  # fmt: skip
