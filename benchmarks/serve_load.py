@@ -190,6 +190,8 @@ def main():
     ap.add_argument("--max-tokens", type=int, help="cap on every reply's tokens (default: the server's)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "serve_load"))
     a = ap.parse_args()
+    if a.max_tokens is not None and a.max_tokens < 1:
+        ap.error("--max-tokens must be at least 1")
     MODEL["max_tokens"] = a.max_tokens
     import httpx
 
@@ -200,6 +202,8 @@ def main():
     allowed.mkdir(parents=True, exist_ok=True)
     (out / "secret.mp4").write_bytes(clips[0].read_bytes())
     model = ["--model", a.model, "--served-model-name", "bench"] if a.model else []
+    if a.max_tokens:  # the server's own limit must allow it
+        model += ["--max-tokens", str(max(a.max_tokens, 512))]
     proc, url = start_server("--allowed-local-media-path", allowed, "--max-frames", "64", "--max-queue", "256", *model)
     MODEL["name"] = "bench" if a.model else "stormvl-default"
     rows, offset = {}, 0

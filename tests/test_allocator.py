@@ -39,6 +39,7 @@ def faults(mode: str) -> int:
     return int(out.stdout.split()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="tunes glibc's allocator only")
 def test_kept_memory_is_not_faulted_in_again_by_each_encode():
     plain, kept = faults("plain"), faults("kept")
@@ -47,8 +48,32 @@ def test_kept_memory_is_not_faulted_in_again_by_each_encode():
     assert kept * 20 < plain, (kept, plain)
 
 
-def test_off_glibc_nothing_changes(monkeypatch):
+def test_off_glibc_or_tuned_by_the_user_nothing_changes(monkeypatch):
     from stormvl import allocator
 
+    monkeypatch.setattr(allocator.ctypes, "CDLL", None)  # would fail if it reached the C library
+    for env in ({"MALLOC_MMAP_THRESHOLD_": "1048576"}, {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1"}):
+        with monkeypatch.context() as m:
+            for k, v in env.items():
+                m.setenv(k, v)
+            assert allocator.keep_freed_memory() is False
     monkeypatch.setattr(allocator.platform, "libc_ver", lambda: ("", ""))
     assert allocator.keep_freed_memory() is False
+
+
+def test_serve_keeps_freed_memory_before_loading_the_model(monkeypatch):
+    from stormvl import allocator, cli, pipeline
+
+    class Called(Exception):
+        pass
+
+    def called():
+        raise Called
+
+    def loaded(*a, **k):
+        raise AssertionError("the model was loaded before the allocator was set")
+
+    monkeypatch.setattr(allocator, "keep_freed_memory", called)
+    monkeypatch.setattr(pipeline, "load", loaded)
+    with pytest.raises(Called):
+        cli.main(["serve", "--port", "0"])

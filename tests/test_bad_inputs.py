@@ -51,6 +51,8 @@ def w(tmp_path_factory, audio_only_file_module):
     (d / "a_file").write_text(SENTINEL)
     (d / "results").mkdir()
     (d / "results" / "keep.txt").write_text(SENTINEL)
+    (d / "bench_out").mkdir()  # where a rerun of bench would move its earlier results, a file
+    (d / "bench_out" / "previous").write_text(SENTINEL)
     (d / "own_run").mkdir()  # the user's own log, by the name a train run writes
     (d / "own_run" / "log.jsonl").write_text(SENTINEL)
     (d / "own_results").mkdir()  # the user's own results, by the names an eval run writes
@@ -365,6 +367,7 @@ CASES = (
     + [("train", *c) for c in TRAIN]
     + [("bench", c[0], [*c[1], "--out", "{w}/results"], c[2]) for c in BENCH]
     + [("bench", "output is a file", ["--size", "tiny", "--out", "{w}/a_file"], "not a folder")]
+    + [("bench", "output's previous/ is a file", ["--size", "tiny", "--out", "{w}/bench_out"], "previous")]
 )
 
 
@@ -381,6 +384,7 @@ def test_cli_bad_input(w, capsys, verb, case, argv, message):
     assert (w / "a_file").read_text() == SENTINEL
     assert (w / "results" / "keep.txt").read_text() == SENTINEL
     assert (w / "own_run" / "log.jsonl").read_text() == SENTINEL
+    assert (w / "bench_out" / "previous").read_text() == SENTINEL
     assert (w / "own_results" / "summary.json").read_text() == SENTINEL
     assert (w / "own_split" / "annotations.jsonl").read_text() == SENTINEL
 

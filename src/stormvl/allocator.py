@@ -15,21 +15,25 @@ frames and tokens) still come and go as mmaps.
 from __future__ import annotations
 
 import ctypes
+import os
 import platform
 
 M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's malloc.h
 M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD = 32 << 20  # glibc's largest (DEFAULT_MMAP_THRESHOLD_MAX on 64-bit)
+MMAP_THRESHOLD = 32 << 20  # where glibc's own adaptive threshold stops (DEFAULT_MMAP_THRESHOLD_MAX, 64-bit)
 TRIM_THRESHOLD = 256 << 20
 
 
 def keep_freed_memory() -> bool:
     """Set the thresholds for this whole process (a server or a long run, not a library call).
-    False where the C library is not glibc: nothing is changed there."""
+    False where they were not set: the C library is not glibc, or the user tuned its allocator
+    through the environment (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_ or GLIBC_TUNABLES'
+    glibc.malloc), which is theirs to keep."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
+    users = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+    if "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "") or any(k in os.environ for k in users):
         return False
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    libc = ctypes.CDLL(None)  # the C library this process already runs on
+    # Trim first: set alone, it only keeps more of the heap; the mmap threshold is what moves blocks.
+    return bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)) and bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))

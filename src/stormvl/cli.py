@@ -581,6 +581,7 @@ def cmd_bench(a):
     if a.repeats < 1 or a.warmup < 0:
         raise InputError("--repeats must be >= 1 and --warmup >= 0")
     _writable_dir(a.out)  # before minutes of measuring, not after
+    _writable_dir(os.path.join(a.out, "previous"))  # where an earlier run's results are moved
     from .device import resolve_device
 
     if resolve_device(a.device).type == "mps":

@@ -114,6 +114,16 @@ def test_a_failed_atomic_write_removes_its_temporary_file(tmp_path):
     with pytest.raises(UnicodeEncodeError):
         write_atomic(path, "new \ud800\n")  # a lone surrogate fails halfway through the write
     assert path.read_text() == "old\n" and os.listdir(tmp_path) == ["a.jsonl"]
+
+    def rows():  # written piece by piece; the source fails after the first
+        yield {"a": 1}
+        raise OSError("the source went away")
+
+    with pytest.raises(OSError, match="went away"):
+        write_jsonl(path, rows())
+    assert path.read_text() == "old\n" and os.listdir(tmp_path) == ["a.jsonl"]
+    write_jsonl(path, ({"i": i} for i in range(3)))
+    assert path.read_text() == '{"i": 0}\n{"i": 1}\n{"i": 2}\n'
     with pytest.raises(IsADirectoryError):  # the rename onto a folder fails
         write_jsonl(tmp_path, [{"a": 1}])
     assert not os.path.exists(f"{tmp_path}.tmp{os.getpid()}")

@@ -93,6 +93,18 @@ def _running(pid) -> bool:
     return st is not None and st[0] != "Z"  # a zombie has exited; only its exit status waits
 
 
+def _descendants(pid: int) -> list[int]:
+    parents = {int(d): (_stat(d) or ("", 0))[1] for d in os.listdir("/proc") if d.isdigit()}
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parents.items() if pp == p]
+        found += kids
+        todo += kids
+    return found
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
 def test_synth_workers_die_with_a_killed_parent(tmp_path):
     argv = [sys.executable, "-m", "stormvl.cli", "synth", "--out", str(tmp_path), "--num", "400", "--frames", "64",
@@ -103,7 +115,7 @@ def test_synth_workers_die_with_a_killed_parent(tmp_path):
         workers = []
         while len(workers) < 2 and time.time() < deadline:
             time.sleep(0.05)
-            workers = [int(d) for d in os.listdir("/proc") if d.isdigit() and (_stat(d) or ("", 0))[1] == parent.pid]
+            workers = _descendants(parent.pid)  # forked workers, or a forkserver and its workers
         assert len(workers) >= 2
     finally:
         parent.kill()  # SIGKILL: none of its own cleanup runs

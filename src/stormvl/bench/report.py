@@ -73,10 +73,14 @@ def keep_earlier(out_dir) -> str | None:
         return None
     when = max(os.path.getmtime(os.path.join(out_dir, n)) for n in names)
     base = os.path.join(out_dir, "previous", time.strftime("%Y%m%d-%H%M%S", time.localtime(when)))
+    os.makedirs(os.path.dirname(base), exist_ok=True)
     dest, k = base, 1
-    while os.path.exists(dest):
-        dest, k = f"{base}-{k}", k + 1
-    os.makedirs(dest)
+    while True:  # made, not just looked for: two runs finishing in one second get a folder each
+        try:
+            os.mkdir(dest)
+            break
+        except FileExistsError:
+            dest, k = f"{base}-{k}", k + 1
     for n in names:
         os.replace(os.path.join(out_dir, n), os.path.join(dest, n))
     return dest

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import string
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
 
@@ -37,13 +38,17 @@ class MCRecord:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
-def write_atomic(path, text: str) -> None:
-    """Write `text` (UTF-8) so the file appears complete or not at all: through a temporary file in
-    the same folder (a rename within one file system is atomic), which a failed write removes."""
+def write_atomic(path, text: str | Iterable[str]) -> None:
+    """Write `text` (UTF-8; a string, or pieces written one after another, so a large file is never
+    whole in memory) so the file appears complete or not at all: through a temporary file in the
+    same folder (a rename within one file system is atomic), which a failed write removes."""
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+            if isinstance(text, str):
+                f.write(text)
+            else:
+                f.writelines(text)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -52,7 +57,7 @@ def write_atomic(path, text: str) -> None:
 
 
 def write_jsonl(path, rows) -> None:
-    write_atomic(path, "".join(json.dumps(r.to_json() if hasattr(r, "to_json") else r) + "\n" for r in rows))
+    write_atomic(path, (json.dumps(r.to_json() if hasattr(r, "to_json") else r) + "\n" for r in rows))
 
 
 def read_jsonl(path) -> list[dict]:

@@ -258,8 +258,8 @@ def _check_same_split(out: Path, settings: dict) -> None:
         before = json.loads((out / SPLIT_SETTINGS).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputError(
-            f"{out}: already holds {', '.join(theirs)} but no {SPLIT_SETTINGS} of a synth run; "
-            "use a new --out folder (nothing was changed)"
+            f"{out}: already holds {', '.join(theirs)} but no {SPLIT_SETTINGS} recording the settings they were "
+            "made with (not synth's, or an older stormvl's); use a new --out folder (nothing was changed)"
         ) from None
     except (UnicodeDecodeError, json.JSONDecodeError):
         before = {}

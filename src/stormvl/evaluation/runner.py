@@ -249,7 +249,7 @@ def merge(out_dir, records: list[MCRecord], settings: dict) -> dict:
         "seconds_per_answer": round(sum(secs) / len(secs), 4) if secs else None,
         "settings": settings,
     }
-    write_atomic(out / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in ordered))
+    write_atomic(out / "predictions.jsonl", (json.dumps(r) + "\n" for r in ordered))
     write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 

@@ -47,11 +47,12 @@ def cut_vision_tower(tower: nn.Module, layer: int) -> None:
 class TanhGELU(nn.Module):
     """GELU's tanh approximation, the activation of SigLIP towers (transformers' "gelu_pytorch_tanh"),
     at inference on CPU as x * sigmoid(2z), which equals 0.5 x (1 + tanh z) for z = sqrt(2/pi)
-    (x + 0.044715 x^3): the same function, in four in-place passes. PyTorch's CPU kernel for it is
-    slow: on a (32, 64, 256) tensor (two threads) 516 us against 312 us for these passes and 92 us
-    for the exact GELU, which made it 11% of the embedded tower's time. Training, other devices and
-    16-bit floats keep PyTorch's kernel (in-place steps have no gradient; GPUs fuse it; each pass
-    would round to 16 bits, where the kernel computes in float32 and rounds once)."""
+    (x + 0.044715 x^3): the same function, in one product and five in-place steps. PyTorch's CPU
+    kernel for it is slow: on a (32, 64, 256) tensor (two threads) 516 us against 312 us for these
+    steps and 92 us for the exact GELU, which made it 11% of the embedded tower's time. Where
+    autograd needs the input's gradient, on other devices and in 16-bit floats PyTorch's kernel
+    runs (in-place steps have no gradient; GPUs fuse it; each step would round to 16 bits, where
+    the kernel computes in float32 and rounds once)."""
 
     SCALE = 2 * math.sqrt(2 / math.pi)
 
