@@ -231,7 +231,7 @@ def main():
             row["rps"] = statistics.median(len(results) / wall for results, wall in runs)
             row["rps_rounds"] = [len(results) / wall for results, wall in runs]
             row["mean_batch"] = batched[n][0] / max(1, batched[n][1])
-            rows[f"{n} clients"] = row
+            rows[f"{n} client{'s' * (n != 1)}"] = row
         used = clips[offset : offset + 4 * a.requests]
         offset += 4 * a.requests
         results, wall = load_run(url, used, 4, a.requests, bad_fraction=0.25, allowed=allowed, seed=1)
@@ -255,7 +255,7 @@ def main():
             f"| {r['ttft_p50']:.3f} | {r['ttft_p95']:.3f} | {r['ttft_p99']:.3f} | {r['errors']} "
             f"| {r['bad']} ({r['bad_with_wrong_status']}) |"
         )
-    base = rows.get("1 clients")
+    base = rows.get("1 client")
     # Each round's 4-client run against the 1-client run just before it: the machine's drift between
     # rounds cancels, which the ratio of the two medians does not do.
     ratios = (

@@ -344,6 +344,7 @@ def cmd_serve(a):
     from .allocator import keep_freed_memory
     from .pipeline import load
 
+    sock = _listening_socket(a.host, a.port)  # a taken port is refused before the model loads
     keep_freed_memory()  # the server's own process: see allocator.py
     pipe = load(a.model, device=a.device)
     name = a.served_model_name or ("stormvl-default" if a.model is None else os.path.basename(os.path.abspath(a.model)))
@@ -359,8 +360,25 @@ def cmd_serve(a):
         max_queue=a.max_queue,
     )
     app = create_app(pipe, settings)
-    print(f"stormvl: serving {name!r} on http://{a.host}:{a.port} (web page at /)", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=a.host, port=a.port, log_level="warning")
+    print(f"stormvl: serving {name!r} on http://{a.host}:{sock.getsockname()[1]} (web page at /)", file=sys.stderr,
+          flush=True)  # fmt: skip
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+
+
+def _listening_socket(host: str, port: int):
+    """The server's socket, bound here so a taken port or an unknown host is one line before the
+    server says it is serving (uvicorn would print its own error and exit 3)."""
+    import socket
+
+    try:
+        info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(info[0], socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(info[4])
+        sock.listen(2048)
+    except OSError as e:
+        raise InputError(f"cannot serve on {host}:{port}: {e.strerror or e}") from None
+    return sock
 
 
 def cmd_fetch(a):
@@ -449,13 +467,14 @@ def cmd_convert_data(a):
     if not out.records:
         raise InputError(f"{a.input}: no usable record ({len(out.problems)} bad); nothing was written")
     write_jsonl(a.output, out.records)
-    print(f"wrote {len(out.records)} records to {a.output}; skipped {len(out.problems)} bad", file=sys.stderr)
+    n = len(out.records)
+    print(f"wrote {n} record{'s' * (n != 1)} to {a.output}; skipped {len(out.problems)} bad", file=sys.stderr)
 
 
 def cmd_synth(a):
     from .data.synthetic import TASKS, generate_split
 
-    tasks = a.tasks.split(",") if a.tasks else TASKS
+    tasks = a.tasks.split(",") if a.tasks is not None else TASKS
     _check_counts(a, num=(1, None), frames=(8, 4096), workers=(1, 256))
     _writable_dir(a.out)
     recs = generate_split(a.out, a.num, a.frames, a.seed, tasks=tasks, progress=True, workers=a.workers,
@@ -580,8 +599,6 @@ def cmd_bench(a):
         raise InputError(f"--max-seconds must be > 0, got {a.max_seconds}")
     if a.repeats < 1 or a.warmup < 0:
         raise InputError("--repeats must be >= 1 and --warmup >= 0")
-    _writable_dir(a.out)  # before minutes of measuring, not after
-    _writable_dir(os.path.join(a.out, "previous"))  # where an earlier run's results are moved
     from .device import resolve_device
 
     if resolve_device(a.device).type == "mps":
@@ -590,6 +607,10 @@ def cmd_bench(a):
         from .video import probe
 
         probe(a.video)
+    _writable_dir(a.out)  # before minutes of measuring, not after
+    previous = os.path.join(a.out, "previous")  # where an earlier run's results are moved
+    if os.path.exists(previous) and not os.path.isdir(previous):
+        raise InputError(f"{previous}: exists and is not a folder; bench moves an earlier run's results there")
     rows = run_bench(
         a.frames,
         settings,

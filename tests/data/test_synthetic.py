@@ -169,8 +169,17 @@ def test_synth_cli_resumes_its_own_split_and_refuses_to_replace_another(tmp_path
     capsys.readouterr()
     assert main([*argv, "--seed", "1"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "holds a split of other settings (seed differ" in err, err
+    assert err.count("\n") == 1 and "holds a split of other settings (seed: see synth.json)" in err, err
     assert (out / "annotations.jsonl").read_bytes() == first
+    # A synth.json synth did not write is someone's file: refused, unchanged, with or without annotations.
+    for i, text in enumerate(('{"num": "x"}', "{}", "[]", "not json")):
+        other = tmp_path / f"other{i}"
+        other.mkdir()
+        (other / "synth.json").write_text(text)
+        assert main(["synth", "--out", str(other), "--num", "2", "--frames", "8"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "not the settings of a synth split" in err, err
+        assert (other / "synth.json").read_text() == text and not (other / "annotations.jsonl").exists()
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -257,3 +257,16 @@ def test_the_video_placeholder_in_text_is_refused(client):
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model="stormvl-default", messages=messages)
     assert "placeholder" in e.value.body["message"]
+
+
+def test_a_taken_port_is_one_line_before_the_model_loads():
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "stormvl.cli", "serve", "--port", str(port)],
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert f"cannot serve on 127.0.0.1:{port}" in r.stderr and "serving" not in r.stderr

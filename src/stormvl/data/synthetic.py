@@ -251,22 +251,27 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _check_same_split(out: Path, settings: dict) -> None:
-    theirs = [name for name in ("annotations.jsonl", "captions.jsonl") if (out / name).exists()]
+    theirs = [name for name in ("annotations.jsonl", "captions.jsonl", SPLIT_SETTINGS) if (out / name).exists()]
     if not theirs:
         return
-    try:
-        before = json.loads((out / SPLIT_SETTINGS).read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    if SPLIT_SETTINGS not in theirs:
         raise InputError(
             f"{out}: already holds {', '.join(theirs)} but no {SPLIT_SETTINGS} recording the settings they were "
             "made with (not synth's, or an older stormvl's); use a new --out folder (nothing was changed)"
-        ) from None
+        )
+    try:
+        before = json.loads((out / SPLIT_SETTINGS).read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
-        before = {}
-    if before != settings:
-        changed = sorted(k for k in settings if not isinstance(before, dict) or before.get(k) != settings[k])
+        before = None
+    if not isinstance(before, dict) or set(before) != set(settings):
         raise InputError(
-            f"{out}: holds a split of other settings ({', '.join(changed)} differ; see {SPLIT_SETTINGS}); "
+            f"{out / SPLIT_SETTINGS}: not the settings of a synth split (someone else's file, or cut short); "
+            "use a new --out folder (nothing was changed)"
+        )
+    changed = sorted(k for k in settings if before[k] != settings[k])
+    if changed:
+        raise InputError(
+            f"{out}: holds a split of other settings ({', '.join(changed)}: see {SPLIT_SETTINGS}); "
             "use a new --out folder (nothing was changed)"
         )
 
