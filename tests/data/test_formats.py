@@ -86,7 +86,7 @@ def test_convert_data_cli_and_the_trainer_reads_the_result(media, capsys):
     out = media / "train.jsonl"
     assert main(["convert-data", "--from", "llava-video", str(media / "d.json"), str(out)]) == 0
     err = capsys.readouterr().err
-    assert "skipped" in err and "record 1" in err and "wrote 1 records" in err
+    assert "skipped" in err and "record 1" in err and "wrote 1 record to" in err
     samples = read_training_samples([out])
     # One sample per reply; the second carries the first exchange as history, placeholders removed.
     assert [(s.question, s.answer) for s in samples] == [("What happens?", "A ball rolls."), ("Where?", "On a table.")]
