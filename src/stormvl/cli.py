@@ -210,10 +210,9 @@ def cmd_answer_batch(a):
     ]  # fmt: skip
     lines = "".join(json.dumps(r) + "\n" for r in rows)
     if a.out:  # atomically: an interrupted run leaves the previous file whole
-        tmp = a.out + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(lines)
-        os.replace(tmp, a.out)
+        from .data.records import write_atomic
+
+        write_atomic(a.out, lines)
         print(f"wrote {len(answers)} answers to {a.out}", file=sys.stderr)
     else:
         sys.stdout.write(lines)

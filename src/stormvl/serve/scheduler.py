@@ -264,10 +264,11 @@ class Scheduler:
         requests = [Request(j.video, j.question, j.options, j.history, j.max_new_tokens) for j in ready]
         for j in ready:
             j.video = None  # the tokens are no longer needed here
-        streamed = []
+        streamed = False
 
         def on_text(i, piece):
-            streamed.append(i)
+            nonlocal streamed
+            streamed = True
             ready[i].emit("text", piece)
 
         try:

@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from ..data.dataset import VideoQADataset, read_training_samples
+from ..data.records import write_atomic
 from ..errors import ConfigError, DataFormatError, ModelFolderError, first_line
 from ..models import lora
 from ..models.storm import StormForConditionalGeneration
@@ -92,9 +93,7 @@ def _truncate_log(path: Path, global_step: int) -> None:
                 keep.append(line + "\n")
         except (json.JSONDecodeError, KeyError, TypeError):
             pass  # a line cut off by the interruption
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text("".join(keep))
-    os.replace(tmp, path)
+    write_atomic(path, keep)
 
 
 def latest_checkpoint(output_dir) -> Path | None:
@@ -212,9 +211,7 @@ class Trainer:
                 )
         elif self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-            tmp.write_text(json.dumps(cfg, indent=2) + "\n")
-            os.replace(tmp, path)
+            write_atomic(path, json.dumps(cfg, indent=2) + "\n")
 
     # -- data ----------------------------------------------------------------------------------
     def _files(self, stage) -> tuple:
