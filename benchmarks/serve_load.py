@@ -4,10 +4,13 @@ request decodes and encodes its own video), then a conversation run (first quest
 follow-up about the same video) and a mixed run where a quarter of the requests are bad.
 
     python benchmarks/serve_load.py [--requests 20] [--clients 1 4 16] [--rounds 5]
-                                    [--model DIR] [--max-tokens N] [--out runs/serve_load]
+                                    [--model DIR] [--max-tokens N] [--uneven SHORT LONG]
+                                    [--out runs/serve_load]
 
 `--model` serves a saved STORM folder instead of the embedded model; `--max-tokens` caps every
 reply (an untrained model's replies run to the cap, so all client counts generate alike).
+`--uneven SHORT LONG` adds a run of question pairs asked together, one capped at SHORT tokens and
+one at LONG (one batch): how long the short reply waits for the long one.
 
 Reports requests per second (the median of the rounds), p50/p95/p99 latency and time to first
 token over all rounds, errors, and the server's peak memory (VmHWM). Bounded: it stops by itself
@@ -174,6 +177,35 @@ def conversation_run(url, clips, frames):
     return statistics.median(firsts), statistics.median(follows)
 
 
+def uneven_run(url, clips, short, long_):
+    """Pairs of questions sent together, capped at `short` and `long_` tokens, answered without
+    streaming: median seconds of each, and their completion tokens."""
+    import httpx
+
+    times = {short: [], long_: []}
+    tokens = {}
+    # One client each, made beforehand: making an httpx client (its TLS context) takes longer
+    # than the embedded model's answer.
+    clients = {cap: httpx.Client(base_url=url, timeout=600) for cap in times}
+
+    def ask(clip, cap):
+        body = {"model": MODEL["name"], "messages": messages(data_url(clip), QUESTIONS[0]), "max_tokens": cap}
+        t = time.perf_counter()
+        r = clients[cap].post("/v1/chat/completions", json=body)
+        times[cap].append(time.perf_counter() - t)
+        tokens[cap] = r.json()["usage"]["completion_tokens"]
+
+    for a, b in zip(clips[::2], clips[1::2]):
+        pair = [threading.Thread(target=ask, args=(a, short)), threading.Thread(target=ask, args=(b, long_))]
+        for t in pair:
+            t.start()
+        for t in pair:
+            t.join()
+    for c in clients.values():
+        c.close()
+    return {cap: (statistics.median(v), tokens[cap]) for cap, v in times.items()}
+
+
 def peak_rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -188,10 +220,14 @@ def main():
     ap.add_argument("--rounds", type=int, default=5, help="times the 1/4/16-client runs go round")
     ap.add_argument("--model", help="a saved STORM model folder (default: the embedded model)")
     ap.add_argument("--max-tokens", type=int, help="cap on every reply's tokens (default: the server's)")
+    ap.add_argument("--uneven", type=int, nargs=2, metavar=("SHORT", "LONG"),
+                    help="also ask pairs of questions together, capped at SHORT and LONG tokens")  # fmt: skip
     ap.add_argument("--out", default=str(ROOT / "runs" / "serve_load"))
     a = ap.parse_args()
     if a.max_tokens is not None and a.max_tokens < 1:
         ap.error("--max-tokens must be at least 1")
+    if a.uneven and not 1 <= a.uneven[0] < a.uneven[1]:
+        ap.error("--uneven takes SHORT LONG with 1 <= SHORT < LONG")
     MODEL["max_tokens"] = a.max_tokens
     import httpx
 
@@ -202,8 +238,8 @@ def main():
     allowed.mkdir(parents=True, exist_ok=True)
     (out / "secret.mp4").write_bytes(clips[0].read_bytes())
     model = ["--model", a.model, "--served-model-name", "bench"] if a.model else []
-    if a.max_tokens:  # the server's own limit must allow it
-        model += ["--max-tokens", str(max(a.max_tokens, 512))]
+    if a.max_tokens or a.uneven:  # the server's own limit must allow them
+        model += ["--max-tokens", str(max(a.max_tokens or 0, *(a.uneven or ()), 512))]
     proc, url = start_server("--allowed-local-media-path", allowed, "--max-frames", "64", "--max-queue", "256", *model)
     MODEL["name"] = "bench" if a.model else "stormvl-default"
     rows, offset = {}, 0
@@ -242,6 +278,7 @@ def main():
         for frames in (16, 64):  # the model's default, and a longer read of 64-frame clips
             long_clips = make_clips(out / f"clips{frames}", 10, frames=frames, seed=10**6)
             conversations[frames] = conversation_run(url, long_clips, frames)
+        uneven = uneven_run(url, make_clips(out / "clips_uneven", 10, seed=2 * 10**6), *a.uneven) if a.uneven else {}
         stats = httpx.get(url + "/health", timeout=10).json()
         peak = peak_rss_mib(proc.pid)
     finally:
@@ -281,6 +318,10 @@ def main():
             f"{100 * u / f:.0f}% of the first"
             for n, (f, u) in conversations.items()
         ),
+        *(
+            f"- asked together: a reply of {tokens} tokens (cap {cap}) took {secs:.3f} s (median of 5 pairs)"
+            for cap, (secs, tokens) in uneven.items()
+        ),
         f"- server peak memory (VmHWM): {peak:.0f} MiB; largest batch {stats['largest_batch']}, "
         f"{stats['batches']} batches for {stats['answered']} answers",
         f"- after the mixed run the server answered /health: {alive}",
@@ -288,7 +329,7 @@ def main():
     text = "\n".join(lines + [s for s in summary if s])
     out.mkdir(parents=True, exist_ok=True)
     results = {"rows": rows, "ratios_4_to_1": ratios, "conversations": conversations, "peak_mib": peak, "stats": stats,
-               "alive": alive}  # fmt: skip
+               "alive": alive, "uneven": uneven}  # fmt: skip
     (out / "results.json").write_text(json.dumps(results, indent=1))
     print(text)
 

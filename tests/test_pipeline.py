@@ -56,6 +56,37 @@ def test_greedy_decode_equals_transformers_generate_alone_and_batched(tiny_model
     assert cut[2] == []
 
 
+def test_each_row_is_reported_finished_as_soon_as_it_stops(tiny_model):
+    """`on_finish(row, tokens)` runs once per row, at the step where the row stops (its limit, a
+    stop id, cancelled), while longer rows decode on; alone with a prefix cache, at the end."""
+    from stormvl.generation import PrefixCache, greedy_decode
+
+    model, _ = tiny_model()
+    lm = model.language_model
+    emb = lm.get_input_embeddings()
+    torch.manual_seed(0)
+    embeds = [emb(torch.randint(5, 40, (n,))) for n in (7, 3, 5, 4)]
+    events = []
+    out = greedy_decode(
+        lm, embeds, [6, 2, 0, 6], stop_ids=set(), cancelled=lambda row: row == 3 and len(events) > 4,
+        on_token=lambda row, tokens: events.append(("token", row, len(tokens))),
+        on_finish=lambda row, tokens: events.append(("finish", row, list(tokens))),
+    )  # fmt: skip
+    finished = [e for e in events if e[0] == "finish"]
+    assert sorted(row for _, row, _ in finished) == [0, 1, 2, 3]
+    assert {row: tokens for _, row, tokens in finished} == dict(enumerate(out))
+    assert events[0] == ("finish", 2, [])  # a zero-token limit is finished before any step
+    # Row 1 (limit 2) is reported right after its second token, before row 0's third.
+    assert events.index(("finish", 1, out[1])) == events.index(("token", 1, 2)) + 1
+    assert events.index(("finish", 1, out[1])) < events.index(("token", 0, 3))
+    assert len(out[3]) < 6 and events[-1] == ("finish", 0, out[0])
+    ids = torch.randint(5, 40, (6,))
+    seen = []
+    alone = greedy_decode(lm, [emb(ids)], 3, set(), prefix=PrefixCache(), prompt_ids=ids.tolist(),
+                          on_finish=lambda row, tokens: seen.append((row, list(tokens))))  # fmt: skip
+    assert seen == [(0, alone[0])]
+
+
 def test_decode_steps_run_on_one_thread_and_prefill_on_all(tiny_model):
     # Token steps are too small to gain from a second thread and stall when a core is busy
     # elsewhere (generation.one_thread); the prompt's pass keeps every thread, and the caller's
@@ -146,6 +177,36 @@ def test_answer_batch_equals_one_at_a_time(tmp_path):
     assert [a.visual_tokens for a in batched] == [a.visual_tokens for a in one_by_one]
     assert [a.text for a in pipe.answer_batch(items, batch_size=3)] == [a.text for a in one_by_one]
     assert any(a.completion_tokens > 0 for a in batched)  # the open questions were generated
+
+
+def test_each_answer_is_given_out_as_soon_as_it_is_complete():
+    """`respond(on_done=...)`: a ranked choice is given out before any reply is generated, and a
+    short reply before the longer ones batched with it have finished; the answers are those of
+    asking alone."""
+    from pathlib import Path
+
+    import stormvl
+    from stormvl.pipeline import Request
+
+    pipe = stormvl.load()
+    video = pipe.encode([pipe.load_clip(Path(__file__).parents[1] / "examples" / "clip.mp4", 16)])[0]
+    asked = [("What happens in the video?", None), ("Which direction does the red square move?", None),
+             ("Which direction does the red square move?", ["left", "right", "up", "down"])]  # fmt: skip
+    requests = [Request(video, q, o, (), 16) for q, o in asked]
+    events = []
+    answers = pipe.respond(
+        requests,
+        on_text=lambda i, piece: events.append(("text", i)),
+        on_done=lambda i, a: events.append(("done", i, a)),
+    )
+    done = [e for e in events if e[0] == "done"]
+    assert [i for _, i, _ in done] == [2, 1, 0]
+    assert [a for _, _, a in sorted(done, key=lambda e: e[1])] == answers
+    # "right" is out while "the red square moves right" is still being written.
+    assert events.index(done[1]) < max(k for k, e in enumerate(events) if e == ("text", 0))
+    for r, a in zip(requests, answers):
+        assert a.text == pipe.respond([r])[0].text
+    assert answers[0].completion_tokens > answers[1].completion_tokens == 1
 
 
 def test_chat_follow_up_encodes_nothing_and_equals_a_fresh_session(tmp_path, monkeypatch):

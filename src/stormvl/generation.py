@@ -81,11 +81,13 @@ def greedy_decode(
     cancelled: Callable[[int], bool] | None = None,
     prefix: PrefixCache | None = None,
     prompt_ids: list[int] | None = None,
+    on_finish: Callable[[int, list[int]], None] | None = None,
 ) -> list[list[int]]:
     """`embeds`: one (L_i, D) prompt per row. Rows are left-padded into one batch, with positions
     counted from each row's first real token, so a row decodes the same tokens alone or batched.
     `on_token(row, tokens_so_far)` runs after each new token of a row; `cancelled(row)` true ends
-    that row early. Returns each row's new token ids, without the stop token.
+    that row early; `on_finish(row, tokens)` runs once per row, as soon as it stops, while longer
+    rows go on. Returns each row's new token ids, without the stop token.
 
     `prefix` (one row only, with its `prompt_ids`): the KV cache of the conversation so far. The
     prompt's positions it already covers are not computed again, and it is left covering the
@@ -96,8 +98,11 @@ def greedy_decode(
     if prefix is not None:
         if len(embeds) != 1 or prompt_ids is None:
             raise ValueError("a prefix cache serves one row, with its prompt ids")
-        return [_decode_with_prefix(lm, base, embeds[0], prompt_ids, prefix, limits_of(max_new_tokens, 1)[0],
-                                    stop_ids, on_token, cancelled, cache_arg, last_only)]  # fmt: skip
+        tokens = _decode_with_prefix(lm, base, embeds[0], prompt_ids, prefix, limits_of(max_new_tokens, 1)[0],
+                                     stop_ids, on_token, cancelled, cache_arg, last_only)  # fmt: skip
+        if on_finish is not None:
+            on_finish(0, tokens)
+        return [tokens]
     n = len(embeds)
     limits = limits_of(max_new_tokens, n)
     width = max(e.shape[0] for e in embeds)
@@ -115,6 +120,10 @@ def greedy_decode(
     next_pos = pos[:, -1:] + 1  # (B, 1)
     tokens: list[list[int]] = [[] for _ in range(n)]
     done = [limit <= 0 for limit in limits]
+    if on_finish is not None:
+        for i in range(n):
+            if done[i]:
+                on_finish(i, tokens[i])
     embed = lm.get_input_embeddings()
     fast = FastSteps.start(base, cache, mask if padded else None, width + max(limits, default=0))
     with one_thread():  # the token loop: see one_thread
@@ -132,6 +141,8 @@ def greedy_decode(
                     done[i] = len(tokens[i]) >= limits[i]
                     if on_token is not None:
                         on_token(i, tokens[i])
+                if done[i] and on_finish is not None:
+                    on_finish(i, tokens[i])
             if all(done):
                 break
             # Finished rows keep riding along (their tokens are ignored): dropping them from the KV

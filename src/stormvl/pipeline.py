@@ -257,30 +257,36 @@ class StormPipeline:
         ]
 
     @torch.inference_mode()
-    def respond(self, requests: list[Request], on_text=None, cancelled=None, prefix=None) -> list[Answer]:
+    def respond(self, requests: list[Request], on_text=None, cancelled=None, prefix=None, on_done=None) -> list[Answer]:
         """Answers to questions about already encoded videos. Multiple-choice questions of a
         likelihood model rank their options (one LLM pass each); the others are decoded together.
         `on_text(i, piece)` streams request i's reply; `cancelled(i)` true stops request i. `prefix`
-        (a `generation.PrefixCache`, one generated request only) reuses a chat's KV cache."""
+        (a `generation.PrefixCache`, one generated request only) reuses a chat's KV cache.
+        `on_done(i, answer)` runs as soon as request i's answer is complete: a short reply need not
+        wait for the longest one in its batch."""
         answers: list[Answer | None] = [None] * len(requests)
-        gen = []
-        for i, r in enumerate(requests):
+        for r in requests:
             check_options(r.options)
             check_text(r.question, *(t for turn in r.history for t in turn), *(r.options or []))
-            if r.options and self.config.choice_mode == "likelihood":
-                answers[i] = self._rank_options(r)
-                if on_text is not None:
-                    on_text(i, answers[i].text)
-            else:
-                gen.append(i)
+        ranked = [i for i, r in enumerate(requests) if r.options and self.config.choice_mode == "likelihood"]
+        gen = [i for i in range(len(requests)) if i not in ranked]
+        # Every request's prompt is checked before any answer is given out: a batch fails whole or
+        # not at all (the server answers a failed batch's questions one by one).
+        prompts = [
+            self.processor.prompt_text(r.question, r.options, r.history, r.video.times)
+            for r in (requests[i] for i in gen)
+        ]
+        ids = [self.prompt_token_ids(p, requests[i].video) for i, p in zip(gen, prompts)]
+        for x, i in zip(ids, gen):  # a reply needs room too
+            self.processor.check_length(len(x) + requests[i].max_new_tokens)
+        for i in ranked:
+            answers[i] = self._rank_options(requests[i])
+        for i in ranked:
+            if on_text is not None:
+                on_text(i, answers[i].text)
+            if on_done is not None:
+                on_done(i, answers[i])
         if gen:
-            prompts = [
-                self.processor.prompt_text(r.question, r.options, r.history, r.video.times)
-                for r in (requests[i] for i in gen)
-            ]
-            ids = [self.prompt_token_ids(p, requests[i].video) for i, p in zip(gen, prompts)]
-            for x, i in zip(ids, gen):  # a reply needs room too
-                self.processor.check_length(len(x) + requests[i].max_new_tokens)
             embeds = [
                 self.model.get_inputs_embeds(x[None], video_features=[requests[i].video.features])[0]
                 for i, x in zip(gen, ids)
@@ -292,7 +298,21 @@ class StormPipeline:
                 if piece and on_text is not None:
                     on_text(gen[row], piece)
 
-            out = greedy_decode(
+            def on_finish(row, tokens):
+                i, r = gen[row], requests[gen[row]]
+                rest = streams[row].finish(tokens)
+                if rest and on_text is not None:
+                    on_text(i, rest)
+                text = self.processor.decode(tokens)
+                notes = []
+                letter = parse_letter(text, len(r.options)) if r.options else None
+                if r.options and letter is None:
+                    notes.append(f"the reply {text!r} names none of the options")
+                answers[i] = self._answer(r, text, letter, notes, len(ids[row]), len(tokens))
+                if on_done is not None:
+                    on_done(i, answers[i])
+
+            greedy_decode(
                 self.model.language_model,
                 embeds,
                 [requests[i].max_new_tokens for i in gen],
@@ -301,18 +321,8 @@ class StormPipeline:
                 cancelled=None if cancelled is None else (lambda row: cancelled(gen[row])),
                 prefix=prefix if len(gen) == 1 else None,
                 prompt_ids=ids[0].tolist() if len(gen) == 1 else None,
+                on_finish=on_finish,
             )
-            for row, (i, tokens) in enumerate(zip(gen, out)):
-                rest = streams[row].finish(tokens)
-                if rest and on_text is not None:
-                    on_text(i, rest)
-                r = requests[i]
-                text = self.processor.decode(tokens)
-                notes = []
-                letter = parse_letter(text, len(r.options)) if r.options else None
-                if r.options and letter is None:
-                    notes.append(f"the reply {text!r} names none of the options")
-                answers[i] = self._answer(r, text, letter, notes, len(ids[row]), len(tokens))
         return answers
 
     def prompt_token_ids(self, prompt: str, video: EncodedVideo) -> torch.Tensor:

@@ -346,3 +346,39 @@ def test_a_small_prompt_pass_runs_the_llm_stage_on_one_thread(pipe, monkeypatch,
         torch.set_num_threads(before)
     assert kind == "done" and answer.text == expected
     assert seen == [1 if small else 2]
+
+
+@pytest.mark.parametrize("hold_s, early", [(0, True), (60, False)])
+def test_a_short_reply_is_given_out_before_the_longer_ones_of_its_batch_end(pipe, monkeypatch, hold_s, early):
+    """A complete answer waits for the rest of its batch at most `hold_s`: held for 0 s, the
+    one-word reply's "done" comes while the longer reply batched with it is still being streamed;
+    held longer than the batch runs, it comes at the batch's end."""
+    from stormvl.serve.scheduler import Job, Scheduler
+
+    order = []
+    emit = Job.emit
+
+    def recording(self, kind, value=None):
+        order.append((self.question, kind))
+        emit(self, kind, value)
+
+    monkeypatch.setattr(Job, "emit", recording)
+    long_q = "What happens in the video?"
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        sched = Scheduler(pipe, start=False, hold_s=hold_s)
+        jobs = [_job(loop, pipe, long_q), _job(loop, pipe, DIRECTION)]
+        for j in jobs:
+            sched.submit(j)
+        sched.start()
+        out = [await _result(j) for j in jobs]
+        sched.close()
+        return sched.stats, out
+
+    stats, out = asyncio.run(main())
+    assert stats["batches"] == 1 and [kind for kind, _, _ in out] == ["done", "done"]
+    assert out[1][1].text == "right" and len(out[0][1].text.split()) > 2
+    last_long_text = max(k for k, e in enumerate(order) if e == (long_q, "text"))
+    assert (order.index((DIRECTION, "done")) < last_long_text) == early
+    assert order.count((DIRECTION, "done")) == 1 and order.count((long_q, "done")) == 1

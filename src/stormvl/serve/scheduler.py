@@ -11,6 +11,9 @@ gave 26-35 req/s against 19-29 for two batches of 2 in the two stages at once (t
 core beside the decoding LLM). Once a full batch waits, the stages overlap: while the LLM decodes
 one batch, a step at a time on one core, the next batch's videos are encoded on the other.
 
+A batch's answers go out one by one: an answer complete while longer replies in its batch are
+still decoding waits for them at most `hold_s` (a real LLM's long reply can take seconds).
+
 Encoded videos are kept (least recently used first out), so a follow-up question about the same
 video content runs neither the decoder nor the vision tower nor the temporal encoder again. The
 LLM's KV cache of the last conversation about each video is kept too (fewer of them: they are
@@ -29,7 +32,7 @@ from dataclasses import dataclass, field
 
 from ..errors import StormError, first_line
 from ..generation import PrefixCache, one_thread
-from ..pipeline import EncodedVideo, Request, StormPipeline
+from ..pipeline import Answer, EncodedVideo, Request, StormPipeline
 from ..video import VideoClip
 
 log = logging.getLogger("stormvl.serve")
@@ -69,6 +72,7 @@ class Scheduler:
         cache_conversations: int = 8,
         batch_wait_s: float = 0.02,
         turn_wait_s: float = 0.1,
+        hold_s: float = 0.05,
         parallel_prefill_flops: float = 2e9,
         start=True,
     ):
@@ -94,6 +98,7 @@ class Scheduler:
         self._llm_busy = False
         self._encoding = False
         self.turn_wait_s = turn_wait_s
+        self.hold_s = hold_s
         self.stats = {"videos_encoded": 0, "batches": 0, "answered": 0, "largest_batch": 0}
         self._threads = [
             threading.Thread(target=self._encode_loop, name="stormvl-encoder", daemon=True),
@@ -265,20 +270,44 @@ class Scheduler:
         for j in ready:
             j.video = None  # the tokens are no longer needed here
         streamed = False
+        # A complete answer is held while the rest of its batch finishes, at most `hold_s`, then
+        # given out. Given out at once, on the embedded model with 4 clients, its client's next
+        # question was decoded and its reply sent in the middle of the batch's decode steps, which
+        # slowed them (0.96x the requests per second); a real LLM's longer replies run on for
+        # seconds (SmolLM2-135M: 40 ms a token), which a short answer should not wait for.
+        held: dict[int, tuple[Answer, float]] = {}  # row -> (answer, when it was complete)
+        given = set()  # the rows whose answers went out before the batch ended
 
         def on_text(i, piece):
             nonlocal streamed
             streamed = True
             ready[i].emit("text", piece)
 
+        def on_done(i, answer):
+            held[i] = (answer, time.perf_counter())
+            give_out_due()
+
+        def give_out_due():
+            now = time.perf_counter()
+            for i, (answer, since) in list(held.items()):
+                if now - since >= self.hold_s:
+                    del held[i]
+                    given.add(i)
+                    ready[i].emit("done", answer)
+
+        def cancelled(i):  # asked for every row still decoding at every step
+            if held:
+                give_out_due()
+            return ready[i].cancelled
+
         try:
             with one_thread() if self._small(requests) else contextlib.nullcontext():
                 answers = self.pipe.respond(
-                    requests, on_text=on_text, cancelled=lambda i: ready[i].cancelled,
-                    prefix=self._prefix(ready[0]) if len(ready) == 1 else None,
+                    requests, on_text=on_text, cancelled=cancelled,
+                    prefix=self._prefix(ready[0]) if len(ready) == 1 else None, on_done=on_done,
                 )  # fmt: skip
         except Exception as e:  # one request cannot be asked (too long, a bug, ...): it alone fails
-            if streamed:  # replies already under way would be sent twice: the batch fails (500)
+            if streamed or given:  # replies already under way would be sent twice: the batch fails (500)
                 raise
             if not isinstance(e, StormError):
                 log.exception("a batch failed before any reply; its questions are answered one by one")
@@ -286,7 +315,9 @@ class Scheduler:
         self.stats["batches"] += 1
         self.stats["answered"] += len(ready)
         self.stats["largest_batch"] = max(self.stats["largest_batch"], len(ready))
-        for j, a in zip(ready, answers):
+        for i, (j, a) in enumerate(zip(ready, answers)):
+            if i in given:
+                continue
             if isinstance(a, StormError):
                 j.emit("error", (400, first_line(a)))
             elif isinstance(a, Exception):
