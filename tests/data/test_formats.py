@@ -9,6 +9,7 @@ from stormvl.cli import main
 from stormvl.data.dataset import read_training_samples
 from stormvl.data.formats import convert
 from stormvl.data.records import write_atomic, write_jsonl
+from stormvl.errors import DataFormatError
 
 
 @pytest.fixture
@@ -86,7 +87,7 @@ def test_convert_data_cli_and_the_trainer_reads_the_result(media, capsys):
     out = media / "train.jsonl"
     assert main(["convert-data", "--from", "llava-video", str(media / "d.json"), str(out)]) == 0
     err = capsys.readouterr().err
-    assert "skipped" in err and "record 1" in err and "wrote 1 record to" in err
+    assert "skipped" in err and "d.json: record 2: its video" in err and "wrote 1 record to" in err
     samples = read_training_samples([out])
     # One sample per reply; the second carries the first exchange as history, placeholders removed.
     assert [(s.question, s.answer) for s in samples] == [("What happens?", "A ball rolls."), ("Where?", "On a table.")]
@@ -131,6 +132,24 @@ def test_a_failed_atomic_write_removes_its_temporary_file(tmp_path):
 
 def test_the_trainer_skips_bad_records_and_says_how_many(media):
     (media / "d.json").write_text(json.dumps([_llava(), _llava(turns=[("human", "q"), ("gpt", "x")])]))
-    with pytest.warns(UserWarning, match=r"skipped 1 bad training record.*record 1 has 0 <video>"):
+    with pytest.warns(UserWarning, match=r"skipped 1 bad training record.*d.json: record 2: has 0 <video>"):
         samples = read_training_samples([media / "d.json"])
     assert len(samples) == 2
+
+
+def test_records_are_named_alike_in_json_lists_and_jsonl(media):
+    """The trainer and convert-data name a bad record the same way: a JSON list's by its number
+    from 1, a JSONL file's by its line; a line that is not JSON is a bad record, not a failed file."""
+    rows = [_llava(), "not a record", _llava()]
+    (media / "d.json").write_text(json.dumps(rows))
+    (media / "d.jsonl").write_text(json.dumps(rows[0]) + "\n\n{oops\n" + json.dumps(rows[2]) + "\n")
+    with pytest.warns(UserWarning, match=r"d.json: record 2: is a str, not an object"):
+        assert len(read_training_samples([media / "d.json"])) == 4
+    with pytest.warns(UserWarning, match=r"d.jsonl:3: not valid JSON"):
+        assert len(read_training_samples([media / "d.jsonl"])) == 4
+    bad = f"{media / 'd.json'}: record 2: is a str, not an object"
+    assert convert("llava-video", media / "d.json").problems == [bad]
+    assert convert("llava-video", media / "d.jsonl").problems[0].startswith(f"{media / 'd.jsonl'}:3: not valid JSON")
+    (media / "one.json").write_text(json.dumps(rows[0], indent=1))
+    with pytest.raises(DataFormatError, match=r"one.json: one JSON object, not a list of records"):
+        read_training_samples([media / "one.json"])

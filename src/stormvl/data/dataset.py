@@ -4,7 +4,6 @@ type) or LLaVA-style conversations `{"video": path, "conversations": [{"from": "
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ from torch.utils.data import Dataset
 from ..errors import DataFormatError, MissingFileError, VideoError
 from ..processing import OPTION_LETTERS
 from ..video import load_image, load_video
-from .formats import PLACEHOLDERS, BadRecord, check_turns
+from .formats import PLACEHOLDERS, BadRecord, check_turns, iter_rows
 
 
 @dataclass
@@ -28,25 +27,9 @@ class Sample:
     history: tuple = ()  # earlier (question, reply) turns of a multi-turn conversation
 
 
-def _read_any(path: Path) -> list[dict]:
-    try:
-        text = path.read_text(encoding="utf-8")
-        if path.suffix == ".jsonl":
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-        else:
-            rows = json.loads(text)
-    except UnicodeDecodeError as e:
-        raise DataFormatError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except json.JSONDecodeError as e:
-        raise DataFormatError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(rows, list):
-        raise DataFormatError(f"{path}: expected a JSON list of records")
-    return rows
-
-
-def _text(value, f, i, what) -> str:
+def _text(value, where, what) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise DataFormatError(f"{f}: record {i}: {what} must be a non-empty string")
+        raise DataFormatError(f"{where}: {what} must be a non-empty string")
     return value
 
 
@@ -60,9 +43,9 @@ def read_training_samples(files, video_root=None) -> list[Sample]:
         if not f.is_file():
             raise MissingFileError(f"{f}: no such annotation file")
         root = Path(video_root) if video_root else f.parent
-        for i, row in enumerate(_read_any(f)):
+        for where, row in iter_rows(f):
             try:
-                samples += _samples_of(row, f, i, root)
+                samples += _samples_of(row, where, root)
             except DataFormatError as e:
                 problems.append(str(e))
     if problems:
@@ -77,25 +60,27 @@ def read_training_samples(files, video_root=None) -> list[Sample]:
     return samples
 
 
-def _samples_of(row, f, i, root) -> list[Sample]:
+def _samples_of(row, where, root) -> list[Sample]:
+    if isinstance(row, ValueError):  # a line that is not JSON
+        raise DataFormatError(f"{where}: {row}")
     if not isinstance(row, dict):
-        raise DataFormatError(f"{f}: record {i} is a {type(row).__name__}, not an object")
+        raise DataFormatError(f"{where}: is a {type(row).__name__}, not an object")
     # LLaVA-pretrain style image-text records ({"image": ...}) train as one-frame videos.
     image = "image" in row and "video" not in row
-    media = _text(row.get("image" if image else "video"), f, i, "'image'" if image else "'video'")
+    media = _text(row.get("image" if image else "video"), where, "'image'" if image else "'video'")
     path = str(media if Path(media).is_absolute() else root / media)
     if "conversations" in row:
         conv = row["conversations"]
         if not isinstance(conv, list) or not all(isinstance(c, dict) for c in conv):
-            raise DataFormatError(f"{f}: record {i}: 'conversations' must be a list of turns")
+            raise DataFormatError(f"{where}: 'conversations' must be a list of turns")
         roles = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
         turns = [(roles.get(c.get("from"), c.get("from")), c.get("value")) for c in conv]
         try:
             for j, (_, text) in enumerate(turns):
-                _text(text, f, i, f"turn {j}")
+                _text(text, where, f"turn {j}")
             check_turns(turns)
         except BadRecord as e:
-            raise DataFormatError(f"{f}: record {i} {e}") from None
+            raise DataFormatError(f"{where}: {e}") from None
         texts = [t for _, t in turns]
         for p in PLACEHOLDERS:
             texts = [t.replace(p, "") for t in texts]
@@ -104,13 +89,13 @@ def _samples_of(row, f, i, root) -> list[Sample]:
     if "question" in row and "options" in row and "answer" in row:
         opts = row["options"]
         if not isinstance(opts, list) or not opts or not all(isinstance(o, str) for o in opts):
-            raise DataFormatError(f"{f}: record {i}: 'options' must be a non-empty list of texts")
+            raise DataFormatError(f"{where}: 'options' must be a non-empty list of texts")
         ans = row["answer"]
         if not isinstance(ans, str) or ans not in OPTION_LETTERS[: len(opts)]:
-            raise DataFormatError(f"{f}: record {i}: answer {ans!r} is not one of its option letters")
-        return [Sample(path, _text(row["question"], f, i, "'question'"), opts, ans, image)]
+            raise DataFormatError(f"{where}: answer {ans!r} is not one of its option letters")
+        return [Sample(path, _text(row["question"], where, "'question'"), opts, ans, image)]
     raise DataFormatError(
-        f"{f}: record {i} is neither a conversation nor a multiple-choice record "
+        f"{where}: neither a conversation nor a multiple-choice record "
         "(needs 'conversations', or 'question'+'options'+'answer')"
     )
 

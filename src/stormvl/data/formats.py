@@ -41,20 +41,28 @@ class Converted:
 
 
 def iter_rows(path: Path):
-    """(where, row) for a JSON list or a JSONL file; `where` names the line or the index."""
+    """(where, row) for a JSON list or a JSONL file; `where` names the record, counted from 1, or
+    the line. A line that is not JSON comes as a ValueError in place of its row."""
     try:
         text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise DataFormatError(f"{path}: not UTF-8 text") from None
+    except UnicodeDecodeError as e:
+        raise DataFormatError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     stripped = text.lstrip()
     if stripped.startswith("["):
         try:
             rows = json.loads(text)
         except json.JSONDecodeError as e:
             raise DataFormatError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-        for i, row in enumerate(rows):
+        for i, row in enumerate(rows, 1):
             yield f"{path}: record {i}", row
         return
+    if stripped.startswith("{") and "\n" in stripped.rstrip():
+        try:
+            whole = json.loads(text)
+        except json.JSONDecodeError:  # JSONL: one record a line
+            whole = None
+        if isinstance(whole, dict):
+            raise DataFormatError(f"{path}: one JSON object, not a list of records (a JSON list, or JSONL: one a line)")
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
