@@ -179,11 +179,12 @@ def conversation_run(url, clips, frames):
 
 def uneven_run(url, clips, short, long_):
     """Pairs of questions sent together, capped at `short` and `long_` tokens, answered without
-    streaming: median seconds of each, and their completion tokens."""
+    streaming: each cap's median seconds and completion tokens, the pairs, and the LLM batches
+    they took (one a pair when they were answered together)."""
     import httpx
 
     times = {short: [], long_: []}
-    tokens = {}
+    tokens, failed = {}, []
     # One client each, made beforehand: making an httpx client (its TLS context) takes longer
     # than the embedded model's answer.
     clients = {cap: httpx.Client(base_url=url, timeout=600) for cap in times}
@@ -192,10 +193,15 @@ def uneven_run(url, clips, short, long_):
         body = {"model": MODEL["name"], "messages": messages(data_url(clip), QUESTIONS[0]), "max_tokens": cap}
         t = time.perf_counter()
         r = clients[cap].post("/v1/chat/completions", json=body)
+        if r.status_code != 200:
+            failed.append(f"{r.status_code} {r.text[:200]}")
+            return
         times[cap].append(time.perf_counter() - t)
         tokens[cap] = r.json()["usage"]["completion_tokens"]
 
-    for a, b in zip(clips[::2], clips[1::2]):
+    before = httpx.get(url + "/health", timeout=10).json()["batches"]
+    pairs = list(zip(clips[::2], clips[1::2]))
+    for a, b in pairs:
         pair = [threading.Thread(target=ask, args=(a, short)), threading.Thread(target=ask, args=(b, long_))]
         for t in pair:
             t.start()
@@ -203,7 +209,11 @@ def uneven_run(url, clips, short, long_):
             t.join()
     for c in clients.values():
         c.close()
-    return {cap: (statistics.median(v), tokens[cap]) for cap, v in times.items()}
+    if failed:
+        raise SystemExit(f"uneven run: {len(failed)} request(s) failed, the first: {failed[0]}")
+    batches = httpx.get(url + "/health", timeout=10).json()["batches"] - before
+    medians = {cap: (statistics.median(v), tokens[cap]) for cap, v in times.items()}
+    return {"medians": medians, "pairs": len(pairs), "batches": batches}
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -319,8 +329,9 @@ def main():
             for n, (f, u) in conversations.items()
         ),
         *(
-            f"- asked together: a reply of {tokens} tokens (cap {cap}) took {secs:.3f} s (median of 5 pairs)"
-            for cap, (secs, tokens) in uneven.items()
+            f"- asked together: a reply of {tokens} tokens (cap {cap}) took {secs:.3f} s "
+            f"(median of {uneven['pairs']} pairs, answered in {uneven['batches']} batches)"
+            for cap, (secs, tokens) in (uneven["medians"].items() if uneven else ())
         ),
         f"- server peak memory (VmHWM): {peak:.0f} MiB; largest batch {stats['largest_batch']}, "
         f"{stats['batches']} batches for {stats['answered']} answers",

@@ -153,3 +153,11 @@ def test_records_are_named_alike_in_json_lists_and_jsonl(media):
     (media / "one.json").write_text(json.dumps(rows[0], indent=1))
     with pytest.raises(DataFormatError, match=r"one.json: one JSON object, not a list of records"):
         read_training_samples([media / "one.json"])
+    (media / "empty.jsonl").write_text(" \n")
+    with pytest.raises(DataFormatError, match=r"empty.jsonl: empty file, no records"):
+        read_training_samples([media / "d.json", media / "empty.jsonl"])
+    # A byte-order mark (some editors write one) is not part of the first record.
+    (media / "bom.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(rows[:1]).encode())
+    (media / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + json.dumps(rows[0]).encode() + b"\n")
+    assert len(read_training_samples([media / "bom.json", media / "bom.jsonl"])) == 4
+    assert convert("llava-video", media / "bom.jsonl").problems == []

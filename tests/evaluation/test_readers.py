@@ -39,7 +39,7 @@ def test_mvbench_subtask_paths():
 @pytest.mark.parametrize(
     "name,content,msg",
     [
-        ("videomme", [{"question": "q", "options": ["A. x"], "answer": "A"}], "no 'videoID' field"),
+        ("videomme", [{"question": "q", "options": ["A. x"], "answer": "A"}], "record 1 has no 'videoID' field"),
         (
             "videomme",
             [{"videoID": "v", "question": "q", "options": ["A. x", "B. y"], "answer": "E"}],
@@ -52,8 +52,11 @@ def test_mvbench_subtask_paths():
         ),
         (
             "mvbench",
-            [{"video": "v.mp4", "question": "q", "candidates": ["a", "b"], "answer": "c"}],
-            "not one of its candidates",
+            [
+                {"video": "v.mp4", "question": "q", "candidates": ["a", "b"], "answer": "a"},
+                {"video": "v.mp4", "question": "q", "candidates": ["a", "b"], "answer": "c"},
+            ],
+            "record 2: answer 'c' is not one of its candidates",
         ),
         ("videomme", {"foo": 1}, "expected a list"),
     ],

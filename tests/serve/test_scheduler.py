@@ -382,3 +382,41 @@ def test_a_short_reply_is_given_out_before_the_longer_ones_of_its_batch_end(pipe
     last_long_text = max(k for k, e in enumerate(order) if e == (long_q, "text"))
     assert (order.index((DIRECTION, "done")) < last_long_text) == early
     assert order.count((DIRECTION, "done")) == 1 and order.count((long_q, "done")) == 1
+
+
+def test_an_answer_given_out_before_its_batch_fails_stays_the_only_word_to_its_client(pipe, monkeypatch):
+    """A batch that breaks after one answer went out (a bug mid-decoding): that client keeps its
+    answer and gets no error after it; the others get a 500."""
+    from stormvl.serve.scheduler import Job, Scheduler
+
+    long_q = "What happens in the video?"
+    finals, pieces = [], []
+    emit = Job.emit
+
+    def breaking(self, kind, value=None):
+        if kind != "text":
+            finals.append((self.question, kind))
+        elif self.question == long_q:
+            pieces.append(value)
+            if len(pieces) == 2:
+                raise RuntimeError("a bug while streaming")
+        emit(self, kind, value)
+
+    monkeypatch.setattr(Job, "emit", breaking)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        sched = Scheduler(pipe, start=False, hold_s=0)
+        jobs = [_job(loop, pipe, long_q), _job(loop, pipe, DIRECTION)]
+        for j in jobs:
+            sched.submit(j)
+        sched.start()
+        out = [await _result(j) for j in jobs]
+        await asyncio.sleep(0.2)  # anything sent after the final events would be counted now
+        sched.close()
+        return out
+
+    (long_kind, (status, message), _), (kind, answer, _) = asyncio.run(main())
+    assert (long_kind, status, kind, answer.text) == ("error", 500, "done", "right")
+    assert "RuntimeError" in message
+    assert sorted(finals) == sorted([(DIRECTION, "done"), (long_q, "error")])

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 from ..errors import DataFormatError, MissingFileError, VideoError
 from ..processing import OPTION_LETTERS
 from ..video import load_image, load_video
-from .formats import PLACEHOLDERS, BadRecord, check_turns, iter_rows
+from .formats import PLACEHOLDERS, BadRecord, check_turns, iter_rows, nonempty_text
 
 
 @dataclass
@@ -25,12 +25,6 @@ class Sample:
     answer: str  # what the model should say
     image: bool = False  # a still image: read as a one-frame video
     history: tuple = ()  # earlier (question, reply) turns of a multi-turn conversation
-
-
-def _text(value, where, what) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise DataFormatError(f"{where}: {what} must be a non-empty string")
-    return value
 
 
 def read_training_samples(files, video_root=None) -> list[Sample]:
@@ -45,9 +39,9 @@ def read_training_samples(files, video_root=None) -> list[Sample]:
         root = Path(video_root) if video_root else f.parent
         for where, row in iter_rows(f):
             try:
-                samples += _samples_of(row, where, root)
-            except DataFormatError as e:
-                problems.append(str(e))
+                samples += _samples_of(row, root)
+            except BadRecord as e:
+                problems.append(f"{where}: {e}")
     if problems:
         warnings.warn(
             f"skipped {len(problems)} bad training record(s); the first: {problems[0]}"
@@ -60,27 +54,24 @@ def read_training_samples(files, video_root=None) -> list[Sample]:
     return samples
 
 
-def _samples_of(row, where, root) -> list[Sample]:
+def _samples_of(row, root) -> list[Sample]:
     if isinstance(row, ValueError):  # a line that is not JSON
-        raise DataFormatError(f"{where}: {row}")
+        raise BadRecord(str(row))
     if not isinstance(row, dict):
-        raise DataFormatError(f"{where}: is a {type(row).__name__}, not an object")
+        raise BadRecord(f"is a {type(row).__name__}, not an object")
     # LLaVA-pretrain style image-text records ({"image": ...}) train as one-frame videos.
     image = "image" in row and "video" not in row
-    media = _text(row.get("image" if image else "video"), where, "'image'" if image else "'video'")
+    media = nonempty_text(row.get("image" if image else "video"), "'image'" if image else "'video'")
     path = str(media if Path(media).is_absolute() else root / media)
     if "conversations" in row:
         conv = row["conversations"]
         if not isinstance(conv, list) or not all(isinstance(c, dict) for c in conv):
-            raise DataFormatError(f"{where}: 'conversations' must be a list of turns")
+            raise BadRecord("'conversations' must be a list of turns")
         roles = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
         turns = [(roles.get(c.get("from"), c.get("from")), c.get("value")) for c in conv]
-        try:
-            for j, (_, text) in enumerate(turns):
-                _text(text, where, f"turn {j}")
-            check_turns(turns)
-        except BadRecord as e:
-            raise DataFormatError(f"{where}: {e}") from None
+        for j, (_, text) in enumerate(turns):
+            nonempty_text(text, f"turn {j}'s value")
+        check_turns(turns)
         texts = [t for _, t in turns]
         for p in PLACEHOLDERS:
             texts = [t.replace(p, "") for t in texts]
@@ -89,15 +80,13 @@ def _samples_of(row, where, root) -> list[Sample]:
     if "question" in row and "options" in row and "answer" in row:
         opts = row["options"]
         if not isinstance(opts, list) or not opts or not all(isinstance(o, str) for o in opts):
-            raise DataFormatError(f"{where}: 'options' must be a non-empty list of texts")
+            raise BadRecord("'options' must be a non-empty list of texts")
         ans = row["answer"]
         if not isinstance(ans, str) or ans not in OPTION_LETTERS[: len(opts)]:
-            raise DataFormatError(f"{where}: answer {ans!r} is not one of its option letters")
-        return [Sample(path, _text(row["question"], where, "'question'"), opts, ans, image)]
-    raise DataFormatError(
-        f"{where}: neither a conversation nor a multiple-choice record "
-        "(needs 'conversations', or 'question'+'options'+'answer')"
-    )
+            raise BadRecord(f"answer {ans!r} is not one of its option letters")
+        return [Sample(path, nonempty_text(row["question"], "'question'"), opts, ans, image)]
+    raise BadRecord("neither a conversation nor a multiple-choice record (needs 'conversations', or "
+                    "'question'+'options'+'answer')")  # fmt: skip
 
 
 class VideoQADataset(Dataset):

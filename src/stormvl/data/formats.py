@@ -16,7 +16,7 @@ Formats (what each record looks like in its own files):
 
 Each record is checked: one video (or image) and exactly one placeholder for it, turns that
 alternate from the user's, non-empty texts, and the video present under the video root. A bad
-record is reported with its file and line (or index in a JSON list) and skipped, never a crash
+record is reported with its file and line (or its number, from 1, in a JSON list) and skipped, never a crash
 halfway through a large file and never a silent drop.
 """
 
@@ -44,10 +44,12 @@ def iter_rows(path: Path):
     """(where, row) for a JSON list or a JSONL file; `where` names the record, counted from 1, or
     the line. A line that is not JSON comes as a ValueError in place of its row."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark, as some editors write, is not text
     except UnicodeDecodeError as e:
         raise DataFormatError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     stripped = text.lstrip()
+    if not stripped:
+        raise DataFormatError(f"{path}: empty file, no records")
     if stripped.startswith("["):
         try:
             rows = json.loads(text)
@@ -76,7 +78,7 @@ class BadRecord(Exception):
     pass
 
 
-def _text(v, what) -> str:
+def nonempty_text(v, what) -> str:
     if not isinstance(v, str) or not v.strip():
         raise BadRecord(f"{what} must be a non-empty text")
     return v
@@ -100,8 +102,8 @@ def _turns_from_llava(row) -> tuple[str, list[tuple[str, str]], bool]:
         who = c.get("from")
         if not isinstance(who, str) or who not in roles:  # a list or mapping cannot be looked up
             raise BadRecord(f"turn {j} is from {who!r}, not human or gpt")
-        turns.append((roles[c["from"]], _text(c.get("value"), f"turn {j}'s value")))
-    return _text(media, f"'{media_keys[0]}'"), turns, media_keys[0] == "image"
+        turns.append((roles[c["from"]], nonempty_text(c.get("value"), f"turn {j}'s value")))
+    return nonempty_text(media, f"'{media_keys[0]}'"), turns, media_keys[0] == "image"
 
 
 def _turns_from_llamafactory(row):
@@ -120,12 +122,12 @@ def _turns_from_llamafactory(row):
             continue
         if m.get("role") not in ("user", "assistant"):
             raise BadRecord(f"message {j} has role {m.get('role')!r}")
-        turns.append((m["role"], _text(m.get("content"), f"message {j}'s content")))
-    return _text(media[0], f"'{media_keys[0]}'"), turns, media_keys[0] == "images"
+        turns.append((m["role"], nonempty_text(m.get("content"), f"message {j}'s content")))
+    return nonempty_text(media[0], f"'{media_keys[0]}'"), turns, media_keys[0] == "images"
 
 
 def _turns_from_sharegpt4video(row):
-    vid = _text(row.get("video_id"), "'video_id'")
+    vid = nonempty_text(row.get("video_id"), "'video_id'")
     caps = row.get("captions")
     if not isinstance(caps, list):
         raise BadRecord("'captions' must be a list")
@@ -133,7 +135,11 @@ def _turns_from_sharegpt4video(row):
     if whole is None:
         raise BadRecord("has no whole-video caption (idx -1)")
     video = vid if vid.endswith(".mp4") else vid + ".mp4"
-    return video, [("user", f"<video>\n{DESCRIBE}"), ("assistant", _text(whole.get("content"), "the caption"))], False
+    return (
+        video,
+        [("user", f"<video>\n{DESCRIBE}"), ("assistant", nonempty_text(whole.get("content"), "the caption"))],
+        False,
+    )
 
 
 def check_turns(turns) -> None:

@@ -55,15 +55,15 @@ def _load_rows(path: Path) -> list[dict]:
         raise BenchmarkFormatError(f"{path}: expected a list of question records")
     for i, row in enumerate(data):
         if not isinstance(row, dict):
-            raise BenchmarkFormatError(f"{path}: record {i} is a {type(row).__name__}, not an object")
+            raise BenchmarkFormatError(f"{path}: record {i + 1} is a {type(row).__name__}, not an object")
     return data
 
 
 def _need(row, field, path, i, kind: type | None = None):
     if field not in row or row[field] is None:
-        raise BenchmarkFormatError(f"{path}: record {i} has no '{field}' field")
+        raise BenchmarkFormatError(f"{path}: record {i + 1} has no '{field}' field")
     if kind is not None and not isinstance(row[field], kind):
-        raise BenchmarkFormatError(f"{path}: record {i}: '{field}' must be a {kind.__name__}")
+        raise BenchmarkFormatError(f"{path}: record {i + 1}: '{field}' must be a {kind.__name__}")
     return row[field]
 
 
@@ -76,7 +76,7 @@ def _letter_of(text, options, path, i):
     for k, o in enumerate(options):
         if o.strip() == text:
             return LETTERS[k]
-    raise BenchmarkFormatError(f"{path}: record {i}: answer {text!r} is not one of its candidates")
+    raise BenchmarkFormatError(f"{path}: record {i + 1}: answer {text!r} is not one of its candidates")
 
 
 def read_videomme(path: Path) -> list[MCRecord]:
@@ -86,7 +86,7 @@ def read_videomme(path: Path) -> list[MCRecord]:
         opts = [_strip_letter(o) for o in _need(r, "options", path, i, list)]
         ans = str(_need(r, "answer", path, i)).strip().upper()
         if ans not in LETTERS[: len(opts)]:
-            raise BenchmarkFormatError(f"{path}: record {i}: answer {ans!r} is not an option letter")
+            raise BenchmarkFormatError(f"{path}: record {i + 1}: answer {ans!r} is not an option letter")
         out.append(
             MCRecord(
                 id=str(r.get("question_id", f"{vid}-{i}")),
@@ -118,7 +118,7 @@ def _mlvu_file(path: Path, rows) -> list[MCRecord]:
             )
             q, opts = parts[0].strip(), [p.strip() for p in parts[2::2]]
             if not opts:
-                raise BenchmarkFormatError(f"{path}: record {i}: no '(A) ...' options found in 'question'")
+                raise BenchmarkFormatError(f"{path}: record {i + 1}: no '(A) ...' options found in 'question'")
             ans = str(_need(r, "answer", path, i)).strip().strip("()").upper()[:1]
         task = r.get("question_type") or r.get("task_type") or path.stem
         out.append(
@@ -157,10 +157,10 @@ def read_longvideobench(path: Path) -> list[MCRecord]:
         else:
             opts = [str(r[f"option{k}"]) for k in range(5) if f"option{k}" in r and str(r[f"option{k}"]) != "N/A"]
         if not opts:
-            raise BenchmarkFormatError(f"{path}: record {i} has no 'option0'..'option4' or 'candidates'")
+            raise BenchmarkFormatError(f"{path}: record {i + 1} has no 'option0'..'option4' or 'candidates'")
         idx = _need(r, "correct_choice", path, i)
         if isinstance(idx, bool) or not isinstance(idx, int) or not 0 <= idx < len(opts):
-            raise BenchmarkFormatError(f"{path}: record {i}: 'correct_choice' {idx!r} is out of range")
+            raise BenchmarkFormatError(f"{path}: record {i + 1}: 'correct_choice' {idx!r} is out of range")
         out.append(
             MCRecord(
                 id=str(r.get("id", i)),
@@ -210,14 +210,14 @@ def read_synthetic(path: Path) -> list[MCRecord]:
 def _check_types(r: MCRecord, path, i) -> None:
     """Wrongly typed fields fail here, naming the record, not later inside the model."""
     if not isinstance(r.task_type, str):
-        raise BenchmarkFormatError(f"{path}: record {i}: task type {r.task_type!r} must be a string")
+        raise BenchmarkFormatError(f"{path}: record {i + 1}: task type {r.task_type!r} must be a string")
     for name in ("id", "video", "question"):
         if not isinstance(getattr(r, name), str) or not getattr(r, name).strip():
-            raise BenchmarkFormatError(f"{path}: record {i}: '{name}' must be a non-empty string")
+            raise BenchmarkFormatError(f"{path}: record {i + 1}: '{name}' must be a non-empty string")
     if not isinstance(r.options, list) or not r.options or not all(isinstance(o, str) for o in r.options):
-        raise BenchmarkFormatError(f"{path}: record {i}: options must be a non-empty list of texts")
+        raise BenchmarkFormatError(f"{path}: record {i + 1}: options must be a non-empty list of texts")
     if not isinstance(r.answer, str) or r.answer not in LETTERS[: len(r.options)]:
-        raise BenchmarkFormatError(f"{path}: record {i}: answer {r.answer!r} is not one of its option letters")
+        raise BenchmarkFormatError(f"{path}: record {i + 1}: answer {r.answer!r} is not one of its option letters")
 
 
 READERS = {

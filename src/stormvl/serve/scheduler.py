@@ -12,7 +12,8 @@ core beside the decoding LLM). Once a full batch waits, the stages overlap: whil
 one batch, a step at a time on one core, the next batch's videos are encoded on the other.
 
 A batch's answers go out one by one: an answer complete while longer replies in its batch are
-still decoding waits for them at most `hold_s` (a real LLM's long reply can take seconds).
+still decoding waits for them for `hold_s` at most, counted at its decode steps (a real LLM's long
+reply can take seconds).
 
 Encoded videos are kept (least recently used first out), so a follow-up question about the same
 video content runs neither the decoder nor the vision tower nor the temporal encoder again. The
@@ -56,6 +57,7 @@ class Job:
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: bool = False
     holds_slot: bool = False
+    answered: bool = False  # its answer went out before its batch ended
 
     def emit(self, kind: str, value=None):
         self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
@@ -241,7 +243,8 @@ class Scheduler:
                 log.exception("answering a batch failed")
                 self._prefixes.clear()  # a forward that failed midway may have left a cache half-extended
                 for j in live:
-                    j.emit("error", (500, f"internal error ({type(e).__name__}); see the server log"))
+                    if not j.answered:
+                        j.emit("error", (500, f"internal error ({type(e).__name__}); see the server log"))
             finally:
                 with self._wake:
                     self._llm_busy = False
@@ -270,8 +273,8 @@ class Scheduler:
         for j in ready:
             j.video = None  # the tokens are no longer needed here
         streamed = False
-        # A complete answer is held while the rest of its batch finishes, at most `hold_s`, then
-        # given out. Given out at once, on the embedded model with 4 clients, its client's next
+        # A complete answer is held while the rest of its batch finishes, for `hold_s` (checked at
+        # every decode step), then given out. Given out at once, on the embedded model with 4 clients, its client's next
         # question was decoded and its reply sent in the middle of the batch's decode steps, which
         # slowed them (0.96x the requests per second); a real LLM's longer replies run on for
         # seconds (SmolLM2-135M: 40 ms a token), which a short answer should not wait for.
@@ -287,12 +290,13 @@ class Scheduler:
             held[i] = (answer, time.perf_counter())
             give_out_due()
 
-        def give_out_due():
+        def give_out_due(wait=self.hold_s):
             now = time.perf_counter()
             for i, (answer, since) in list(held.items()):
-                if now - since >= self.hold_s:
+                if now - since >= wait:
                     del held[i]
                     given.add(i)
+                    ready[i].answered = True
                     ready[i].emit("done", answer)
 
         def cancelled(i):  # asked for every row still decoding at every step
@@ -307,11 +311,12 @@ class Scheduler:
                     prefix=self._prefix(ready[0]) if len(ready) == 1 else None, on_done=on_done,
                 )  # fmt: skip
         except Exception as e:  # one request cannot be asked (too long, a bug, ...): it alone fails
-            if streamed or given:  # replies already under way would be sent twice: the batch fails (500)
+            give_out_due(0)  # complete answers are not lost with the batch
+            if streamed:  # replies already under way would be sent twice: the rest fail (500)
                 raise
             if not isinstance(e, StormError):
                 log.exception("a batch failed before any reply; its questions are answered one by one")
-            answers = [self._alone(j, r) for j, r in zip(ready, requests)]
+            answers = [None if i in given else self._alone(j, r) for i, (j, r) in enumerate(zip(ready, requests))]
         self.stats["batches"] += 1
         self.stats["answered"] += len(ready)
         self.stats["largest_batch"] = max(self.stats["largest_batch"], len(ready))
