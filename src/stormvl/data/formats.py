@@ -16,8 +16,9 @@ Formats (what each record looks like in its own files):
 
 Each record is checked: one video (or image) and exactly one placeholder for it, turns that
 alternate from the user's, non-empty texts, and the video present under the video root. A bad
-record is reported with its file and line (or its number, from 1, in a JSON list) and skipped, never a crash
-halfway through a large file and never a silent drop.
+record is reported with its file and line (or its number, from 1, in a JSON list) and skipped,
+never a crash halfway through a large file and never a silent drop. The trainer reads its
+annotation files through `iter_rows` too, so both name a bad record alike.
 """
 
 from __future__ import annotations

@@ -274,10 +274,11 @@ class Scheduler:
             j.video = None  # the tokens are no longer needed here
         streamed = False
         # A complete answer is held while the rest of its batch finishes, for `hold_s` (checked at
-        # every decode step), then given out. Given out at once, on the embedded model with 4 clients, its client's next
-        # question was decoded and its reply sent in the middle of the batch's decode steps, which
-        # slowed them (0.96x the requests per second); a real LLM's longer replies run on for
-        # seconds (SmolLM2-135M: 40 ms a token), which a short answer should not wait for.
+        # every decode step), then given out. Given out at once, on the embedded model with 4
+        # clients, its client's next question was decoded and its reply sent in the middle of the
+        # batch's decode steps, which slowed them (0.95-0.97x the requests per second); a real
+        # LLM's longer replies run on for seconds (SmolLM2-135M: 40 ms a token), which a short
+        # answer should not wait for.
         held: dict[int, tuple[Answer, float]] = {}  # row -> (answer, when it was complete)
         given = set()  # the rows whose answers went out before the batch ended
 
