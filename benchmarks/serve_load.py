@@ -278,7 +278,7 @@ def main():
                 after = httpx.get(url + "/health", timeout=10).json()
                 batched[n][0] += after["answered"] - before["answered"]
                 batched[n][1] += after["batches"] - before["batches"]
-                print(f"round {r + 1}, {n} clients: {rounds[n][-1][1]:.1f} s", flush=True)
+                print(f"round {r + 1}, {n} client{'s' * (n != 1)}: {rounds[n][-1][1]:.2f} s", flush=True)
         for n, runs in rounds.items():
             row = summarize([x for results, _ in runs for x in results], sum(wall for _, wall in runs))
             row["rps"] = statistics.median(len(results) / wall for results, wall in runs)
@@ -336,7 +336,7 @@ def main():
             for n, (f, u) in conversations.items()
         ),
         *(
-            f"- asked together: a reply of {tokens} tokens (cap {cap}) took {secs:.3f} s "
+            f"- asked together: a reply of {tokens} token{'s' * (tokens != 1)} (cap {cap}) took {secs:.3f} s "
             f"(median of {uneven['pairs']} pairs, answered in {uneven['batches']} batches)"
             for cap, (secs, tokens) in (uneven["medians"].items() if uneven else ())
         ),

@@ -258,7 +258,7 @@ ANSWER = [
     ("batch options a string", ["--batch", "{w}/b_opts.jsonl"], "options must be a list"),
     ("batch empty option", ["--batch", "{w}/b_emptyopt.jsonl"], "must not be empty"),
     ("batch empty file", ["--batch", "{w}/b_empty.jsonl"], "no questions"),
-    ("batch file not UTF-8", ["--batch", "{w}/b_latin1.jsonl"], "not UTF-8"),
+    ("batch file not UTF-8", ["--batch", "{w}/b_latin1.jsonl"], "b_latin1.jsonl:1: not UTF-8"),
     (
         "batch answers over its own questions",
         ["--batch", "{w}/b_empty.jsonl", "--out", "{w}/b_empty.jsonl"],

@@ -302,7 +302,8 @@ def test_answer_batch_file_equals_single_answers(tmp_path, capsys):
     rows = [{"video": "left.mp4", "question": q, "options": ["left", "right", "up", "down"]},
             {"video": str(clips["up"]), "question": q, "options": ["left", "right", "up", "down"]},
             {"video": "up.mp4", "question": "What happens in the video?"}]  # fmt: skip
-    (tmp_path / "q.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # Saved with a byte-order mark, as some editors do: the mark is not part of the first line.
+    (tmp_path / "q.jsonl").write_text("\ufeff" + "".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     out = tmp_path / "answers.jsonl"
     assert main(["answer", "--batch", str(tmp_path / "q.jsonl"), "--out", str(out), "--batch-size", "2"]) == 0
     got = [json.loads(line) for line in out.read_text().splitlines()]

@@ -159,11 +159,9 @@ def cmd_answer_batch(a):
         raise InputError(f"{a.batch}: no such file")
     if a.out and os.path.exists(a.out) and os.path.samefile(a.out, a.batch):
         raise InputError(f"--out {a.out}: is the questions file itself; write the answers elsewhere")
-    try:
-        with open(a.batch, encoding="utf-8") as f:
-            lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
-    except UnicodeDecodeError as e:
-        raise InputError(f"{a.batch}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    from .data.formats import read_text
+
+    lines = [(n, line) for n, line in enumerate(read_text(a.batch).splitlines(), 1) if line.strip()]
     for n, line in lines:
         where = f"{a.batch}:{n}"
         try:

@@ -143,11 +143,11 @@ def test_records_are_named_alike_in_json_lists_and_jsonl(media):
     rows = [_llava(), "not a record", _llava()]
     (media / "d.json").write_text(json.dumps(rows))
     (media / "d.jsonl").write_text(json.dumps(rows[0]) + "\n\n{oops\n" + json.dumps(rows[2]) + "\n")
-    with pytest.warns(UserWarning, match=r"d.json: record 2: is a str, not an object"):
+    with pytest.warns(UserWarning, match=r"d.json: record 2: is a string, not an object"):
         assert len(read_training_samples([media / "d.json"])) == 4
     with pytest.warns(UserWarning, match=r"d.jsonl:3: not valid JSON"):
         assert len(read_training_samples([media / "d.jsonl"])) == 4
-    bad = f"{media / 'd.json'}: record 2: is a str, not an object"
+    bad = f"{media / 'd.json'}: record 2: is a string, not an object"
     assert convert("llava-video", media / "d.json").problems == [bad]
     assert convert("llava-video", media / "d.jsonl").problems[0].startswith(f"{media / 'd.jsonl'}:3: not valid JSON")
     (media / "one.json").write_text(json.dumps(rows[0], indent=1))
@@ -161,3 +161,17 @@ def test_records_are_named_alike_in_json_lists_and_jsonl(media):
     (media / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + json.dumps(rows[0]).encode() + b"\n")
     assert len(read_training_samples([media / "bom.json", media / "bom.jsonl"])) == 4
     assert convert("llava-video", media / "bom.jsonl").problems == []
+    # A file of nothing but bad records is the wrong file or format, even beside good ones.
+    (media / "bad.jsonl").write_text('{oops\n"a string"\n7\nnull\n')
+    with pytest.raises(
+        DataFormatError, match=r"bad.jsonl: no usable training record \(4 bad; the first: .*bad.jsonl:1: not"
+    ):
+        read_training_samples([media / "d.json", media / "bad.jsonl"])
+    assert [p.split(": ", 1)[1] for p in convert("llava-video", media / "bad.jsonl").problems][1:] == [
+        "is a string, not an object", "is a number, not an object", "is null, not an object"]  # fmt: skip
+    # Text in another encoding is named by its first bad line.
+    (media / "latin.jsonl").write_bytes(
+        json.dumps(rows[0]).encode() + b"\n" + '{"video": "caf\u00e9"}'.encode("latin-1")
+    )
+    with pytest.raises(DataFormatError, match=r"latin.jsonl:2: not UTF-8 text"):
+        read_training_samples([media / "latin.jsonl"])

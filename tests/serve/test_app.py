@@ -28,9 +28,14 @@ def test_max_tokens_left_out_stays_within_the_servers_limit(pipe):
 @pytest.mark.parametrize("fields, param", [
     ({"stream": "false"}, "stream"),  # a string is not a boolean: it would have streamed
     ({"options": ["left", "ri\ud800ght"]}, "messages"),  # JSON can carry a lone surrogate
+    ({"n": 2}, "n"),  # greedy decoding: a second choice would copy the first, not be one
+    ({"n": True}, "n"),
+    ({"num_frames": 100000}, "num_frames"),
+    ({"mm_processor_kwargs": {"num_frames": 100000}}, "num_frames"),
 ])  # fmt: skip
 def test_values_a_client_cannot_mean_are_refused(pipe, fields, param):
     with pytest.raises(ApiError) as e:
         parse_request(body(**fields), ServeSettings(), pipe)
     assert e.value.status == 400 and e.value.param == param
     e.value.message.encode("utf-8")
+    assert parse_request(body(n=1), ServeSettings(), pipe).question == "Which way?"

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 from ..errors import DataFormatError, MissingFileError, VideoError
 from ..processing import OPTION_LETTERS
 from ..video import load_image, load_video
-from .formats import PLACEHOLDERS, BadRecord, check_turns, iter_rows, nonempty_text
+from .formats import PLACEHOLDERS, BadRecord, check_turns, iter_rows, json_kind, nonempty_text
 
 
 @dataclass
@@ -29,19 +29,24 @@ class Sample:
 
 def read_training_samples(files, video_root=None) -> list[Sample]:
     """Every sample of the annotation files. A bad record is reported (file, record and what is
-    wrong) and skipped; only files with no usable record at all are an error. A conversation with
-    several exchanges gives one sample per reply, with the turns before it as history."""
+    wrong) and skipped; a file with no usable record is an error (the wrong file or format). A
+    conversation with several exchanges gives one sample per reply, with the turns before it as
+    history."""
     samples, problems = [], []
     for f in files:
         f = Path(f)
         if not f.is_file():
             raise MissingFileError(f"{f}: no such annotation file")
         root = Path(video_root) if video_root else f.parent
+        found, bad = len(samples), len(problems)
         for where, row in iter_rows(f):
             try:
                 samples += _samples_of(row, root)
             except BadRecord as e:
                 problems.append(f"{where}: {e}")
+        if len(samples) == found:  # a file of nothing but bad records is the wrong file or format
+            first = f"; the first: {problems[bad]}" if len(problems) > bad else ""
+            raise DataFormatError(f"{f}: no usable training record ({len(problems) - bad} bad{first})")
     if problems:
         warnings.warn(
             f"skipped {len(problems)} bad training record(s); the first: {problems[0]}"
@@ -58,7 +63,7 @@ def _samples_of(row, root) -> list[Sample]:
     if isinstance(row, ValueError):  # a line that is not JSON
         raise BadRecord(str(row))
     if not isinstance(row, dict):
-        raise BadRecord(f"is a {type(row).__name__}, not an object")
+        raise BadRecord(f"is {json_kind(row)}, not an object")
     # LLaVA-pretrain style image-text records ({"image": ...}) train as one-frame videos.
     image = "image" in row and "video" not in row
     media = nonempty_text(row.get("image" if image else "video"), "'image'" if image else "'video'")

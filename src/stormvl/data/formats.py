@@ -41,13 +41,31 @@ class Converted:
     problems: list[str] = field(default_factory=list)  # "file:line: what is wrong"
 
 
+def read_text(path) -> str:
+    """A UTF-8 text file's text, without the byte-order mark some editors write; text in another
+    encoding is an error naming its first bad line."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise DataFormatError(f"{path}:{line}: not UTF-8 text ({e.reason}); save the file as UTF-8") from None
+
+
+def json_kind(value) -> str:
+    """What a JSON value is, in JSON's words: 'a string', 'a number', 'null', ..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    kinds = {str: "a string", int: "a number", float: "a number", list: "a list", dict: "an object"}
+    return kinds.get(type(value), f"a {type(value).__name__}")
+
+
 def iter_rows(path: Path):
     """(where, row) for a JSON list or a JSONL file; `where` names the record, counted from 1, or
     the line. A line that is not JSON comes as a ValueError in place of its row."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark, as some editors write, is not text
-    except UnicodeDecodeError as e:
-        raise DataFormatError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    text = read_text(path)
     stripped = text.lstrip()
     if not stripped:
         raise DataFormatError(f"{path}: empty file, no records")
@@ -181,7 +199,7 @@ def convert(fmt: str, path, video_root=None) -> Converted:
             if isinstance(row, Exception):
                 raise BadRecord(str(row))
             if not isinstance(row, dict):
-                raise BadRecord(f"is a {type(row).__name__}, not an object")
+                raise BadRecord(f"is {json_kind(row)}, not an object")
             media, turns, image = READERS[fmt](row)
             check_turns(turns)
             full = media if os.path.isabs(media) else root / media

@@ -118,6 +118,10 @@ def parse_request(body, settings: ServeSettings, pipe: StormPipeline) -> ChatReq
     model = body.get("model")
     if model not in (None, settings.model_name):
         raise ApiError(404, f"model {model!r} is not served here; this server serves {settings.model_name!r}", "model")
+    n = body.get("n")
+    if n is not None and (isinstance(n, bool) or n != 1):
+        # Decoding is greedy: more choices would be copies of the first.
+        raise ApiError(400, f"n must be 1 (this server returns one choice), got {n!r}", "n")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "messages must be a non-empty list", "messages")
@@ -164,7 +168,9 @@ def parse_request(body, settings: ServeSettings, pipe: StormPipeline) -> ChatReq
     if num_frames is not None:
         num_frames = _int_field(num_frames, "num_frames", 1, None)
         if num_frames > settings.max_frames:
-            raise ApiError(400, f"num_frames {num_frames} exceeds this server's limit of {settings.max_frames}")
+            raise ApiError(
+                400, f"num_frames {num_frames} exceeds this server's limit of {settings.max_frames}", "num_frames"
+            )
     budget = pick("max_visual_tokens")
     fps = pick("fps")
     if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps <= 240):
