@@ -53,9 +53,8 @@ def read_training_samples(files, video_root=None) -> list[Sample]:
             + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
             stacklevel=2,
         )
-    if not samples:
-        first = f" ({len(problems)} bad record(s), the first: {problems[0]})" if problems else ""
-        raise DataFormatError(f"no training samples in {list(map(str, files))}{first}")
+    if not samples:  # no files at all: each file without a usable record was refused above
+        raise DataFormatError(f"no training samples in {list(map(str, files))}")
     return samples
 
 

@@ -280,7 +280,6 @@ class Scheduler:
         # LLM's longer replies run on for seconds (SmolLM2-135M: 40 ms a token), which a short
         # answer should not wait for.
         held: dict[int, tuple[Answer, float]] = {}  # row -> (answer, when it was complete)
-        given = set()  # the rows whose answers went out before the batch ended
 
         def on_text(i, piece):
             nonlocal streamed
@@ -296,7 +295,6 @@ class Scheduler:
             for i, (answer, since) in list(held.items()):
                 if now - since >= wait:
                     del held[i]
-                    given.add(i)
                     ready[i].answered = True
                     ready[i].emit("done", answer)
 
@@ -317,12 +315,12 @@ class Scheduler:
                 raise
             if not isinstance(e, StormError):
                 log.exception("a batch failed before any reply; its questions are answered one by one")
-            answers = [None if i in given else self._alone(j, r) for i, (j, r) in enumerate(zip(ready, requests))]
+            answers = [None if j.answered else self._alone(j, r) for j, r in zip(ready, requests)]
         self.stats["batches"] += 1
         self.stats["answered"] += len(ready)
         self.stats["largest_batch"] = max(self.stats["largest_batch"], len(ready))
-        for i, (j, a) in enumerate(zip(ready, answers)):
-            if i in given:
+        for j, a in zip(ready, answers):
+            if j.answered:
                 continue
             if isinstance(a, StormError):
                 j.emit("error", (400, first_line(a)))
